@@ -1,0 +1,105 @@
+// examples/seemoe/eval.hpp — `seemoe eval`: measure a checkpoint on a split of a data set.
+//
+// Prints the loss, caption exact match and character accuracy (see evaluation.hpp), a few of the
+// captions it got wrong, and how many positions each expert of each MoE layer received: a healthy
+// router spreads the load; a collapsed one sends nearly everything to one or two experts.
+#pragma once
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "evaluation.hpp"
+
+namespace cli {
+
+inline const std::vector<FlagSpec>& eval_flags() {
+    static const std::vector<FlagSpec> flags = {
+        {"--model", "PATH", "model.safetensors written by 'seemoe train', or its folder (required)"},
+        {"--data", "DIR", "data set folder (default: data/shapes, relative to the current directory)"},
+        {"--split", "val|test", "which rows to evaluate (default: val)"},
+        {"--batch", "N", "images per evaluation batch (default: 64)"},
+        {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores)"},
+    };
+    return flags;
+}
+
+inline std::string eval_usage() {
+    return "usage: seemoe eval --model PATH [--data DIR] [--split val|test]\n\n"
+           "Measures a trained model on a split: loss per caption token, caption exact match,\n"
+           "character accuracy (1 - edit distance / caption length), and the positions routed to\n"
+           "each expert of each MoE layer.\n\n"
+           "flags:\n" +
+           flag_help(eval_flags());
+}
+
+inline int run_eval(int argc, char** argv) {
+    Args args("eval", eval_flags(), argc, argv, 2);
+    if (args.help()) {
+        std::printf("%s", eval_usage().c_str());
+        return 0;
+    }
+    if (!args.positionals().empty())
+        throw CliError("unexpected argument '" + args.positionals().front() + "'",
+                       "run 'seemoe eval --help' for usage");
+    if (!args.has("--model"))
+        throw CliError("eval needs --model PATH", "pass the model.safetensors (or folder) that 'seemoe train' wrote");
+    const std::string data_path = args.get("--data", kDefaultData);
+    const Split split = args.get_choice("--split", "val", {"val", "test"}) == "val" ? Split::val : Split::test;
+    const Index batch = args.get_int("--batch", 64, 1);
+    if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
+
+    Checkpoint ck = load_checkpoint(args.get("--model", ""));
+    const CaptionDataset ds = load_split(data_path, split, ck.model.config.vision.image_size);
+    if (ds.empty())
+        throw CliError(data_path + " has no " + seemoe::data::split_name(split) + " rows",
+                       "choose another --split, or add rows with that split to captions.csv");
+    const Batcher batcher = make_batcher(ds, ck.tokenizer, batch);
+    const Index needed = visual_token_count(ck.model.config) + longest_caption(ds, ck.tokenizer) + 1;
+    if (needed > ck.model.config.decoder.block_size)
+        throw CliError(format("the longest caption needs %lld positions but the model has %lld",
+                              static_cast<long long>(needed),
+                              static_cast<long long>(ck.model.config.decoder.block_size)),
+                       "evaluate on shorter captions");
+
+    Stopwatch clock;
+    RoutingCounts routing;
+    const std::vector<Index> samples = all_samples(ds);
+    const double loss = mean_loss(ck.model, batcher, samples, batch, &routing);
+    const CaptionScore score = score_captions(ck.model, batcher, samples, batch);
+
+    print_table("seemoe eval",
+                {{"model", format("%s (step %lld, %s parameters)", ck.path.c_str(), static_cast<long long>(ck.step),
+                                  format_count(ck.model.num_parameters()).c_str())},
+                 {"data", format("%s, split %s (%lld captions)", data_path.c_str(), seemoe::data::split_name(split),
+                                 static_cast<long long>(ds.size()))},
+                 {"loss", format("%.4f", loss)},
+                 {"exact match", format("%s (%lld/%lld)", format_percent(score.exact_match()).c_str(),
+                                        static_cast<long long>(score.exact), static_cast<long long>(score.samples))},
+                 {"char accuracy", format_percent(score.char_accuracy())},
+                 {"time", format_duration(clock.seconds())}});
+    if (score.exact < score.samples) {
+        std::printf("some captions it got wrong:\n");
+        print_examples(score, 5, /*mistakes_only=*/true);
+    }
+
+    // Routing: share of the positions (visual tokens + caption tokens, teacher forced) each expert
+    // received per layer; each position goes to top-k experts, so a row sums to 100%.
+    const Index K = ck.model.config.decoder.top_k;
+    std::printf("positions routed to each expert (%% of the layer's tokens, each token counts top-%lld times)\n",
+                static_cast<long long>(K));
+    std::printf("  layer");
+    for (std::size_t e = 0; e < (routing.empty() ? 0 : routing[0].size()); ++e) std::printf("  %7s", format("e%zu", e).c_str());
+    std::printf("  %10s\n", "positions");
+    for (std::size_t l = 0; l < routing.size(); ++l) {
+        Index total = 0;
+        for (Index c : routing[l]) total += c;
+        std::printf("  %5zu", l);
+        for (Index c : routing[l])
+            std::printf("  %6.1f%%", total ? 100.0 * static_cast<double>(c) / static_cast<double>(total) : 0.0);
+        std::printf("  %10lld\n", static_cast<long long>(total / std::max<Index>(K, 1)));
+    }
+    return 0;
+}
+
+}  // namespace cli

@@ -1,0 +1,266 @@
+// examples/seemoe/evaluation.hpp — what train, eval and caption share: loading data and
+// checkpoints with errors that say what to do, and measuring a model on a split.
+//
+// The figures reported everywhere:
+//   loss            mean cross-entropy per caption token (characters + <eos>), teacher forced
+//   exact match     fraction of images whose greedy caption equals the true caption
+//   char accuracy   1 - (edit distance between greedy and true captions) / (true characters),
+//                   summed over the split (1 - CER), floored at 0; a caption one character off
+//                   still scores nearly 1, where exact match scores it 0
+// Evaluation batches group captions of equal length, so no batch holds padding: the loss needs no
+// masking and the expert routing counts see only real positions (visual tokens + text).
+//
+// Convention: every evaluation runs the model in eval mode under NoGradGuard and draws nothing
+// from the training Rng, so measuring never changes a training run.
+#pragma once
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <seemoe/seemoe.hpp>
+
+#include "cli.hpp"
+
+namespace cli {
+
+namespace fs = std::filesystem;
+using seemoe::Rng;
+using seemoe::Tensor;
+using seemoe::data::Batcher;
+using seemoe::data::CaptionDataset;
+using seemoe::data::CharTokenizer;
+using seemoe::data::Split;
+using Model = seemoe::nn::VisionMoELanguageModel<float>;
+
+inline const char* kDefaultData = "data/shapes";
+
+// What to do about a data-loading error, judged from the library's message.
+inline std::string data_hint(const std::string& message) {
+    auto has = [&](const char* s) { return message.find(s) != std::string::npos; };
+    if (has("does not exist"))
+        return "pass --data DIR, a folder holding captions.csv and its images (the default is data/shapes, "
+               "relative to the current directory)";
+    if (has("is empty") || has("no captions.csv"))
+        return "put captions.csv (columns image, caption, split) and its images in that folder, or pass "
+               "another --data";
+    if (has("no column") || has("no image column") || has("no rows"))
+        return "captions.csv needs a header row with the columns image, caption and optionally split "
+               "(train|val|test), and at least one row";
+    if (has("vocabulary"))
+        return "the model's vocabulary lacks that character: evaluate on captions written with the "
+               "characters it was trained on, or train a model on this data";
+    if (has(", image "))
+        return "replace that image with a readable PNG/JPEG/BMP/GIF/TGA file, or remove its row from "
+               "captions.csv";
+    return "check the data set given by --data";
+}
+
+// The rows of one split, images resized to image_size; errors carry a hint.
+inline CaptionDataset load_split(const std::string& path, Split split, Index image_size) {
+    seemoe::data::DatasetOptions options;
+    options.split = split;
+    options.image_size = static_cast<int>(image_size);
+    try {
+        return CaptionDataset::load(path, options);
+    } catch (const seemoe::Error& e) {
+        throw CliError(e.what(), data_hint(e.what()));
+    }
+}
+
+// A batcher over `ds` (encodes every caption now, so an unknown character fails here).
+inline Batcher make_batcher(const CaptionDataset& ds, const CharTokenizer& tokenizer, Index batch) {
+    seemoe::data::BatcherOptions options;
+    options.batch_size = batch;
+    try {
+        return Batcher(ds, tokenizer, options);
+    } catch (const seemoe::Error& e) {
+        throw CliError(e.what(), data_hint(e.what()));
+    }
+}
+
+// Longest caption of the data set, in tokens.
+inline Index longest_caption(const CaptionDataset& ds, const CharTokenizer& tokenizer) {
+    Index longest = 0;
+    for (const auto& c : ds.captions()) longest = std::max(longest, static_cast<Index>(tokenizer.encode(c).size()));
+    return longest;
+}
+
+inline Index visual_token_count(const seemoe::nn::VLMConfig& c) {
+    return c.visual_tokens == seemoe::nn::VisualTokens::CLS ? 1 : c.vision.num_patches();
+}
+
+// ---- checkpoints -----------------------------------------------------------------------------
+
+struct Checkpoint {
+    std::string path;  // model.safetensors
+    Model model;
+    CharTokenizer tokenizer;
+    std::map<std::string, std::string> metadata;
+    Index step = 0;
+};
+
+// --model may name the file or the folder holding model.safetensors.
+inline std::string model_file(const std::string& path) {
+    std::error_code ec;
+    if (fs::is_directory(path, ec)) return (fs::path(path) / "model.safetensors").string();
+    return path;
+}
+
+inline Checkpoint load_checkpoint(const std::string& given) {
+    Checkpoint ck;
+    ck.path = model_file(given);
+    const std::string hint = "pass --model a model.safetensors written by 'seemoe train' (or its folder, e.g. "
+                             "runs/demo)";
+    std::error_code ec;
+    if (!fs::exists(ck.path, ec)) throw CliError("checkpoint " + ck.path + " does not exist", hint);
+    seemoe::io::LoadedModel loaded = with_hint(hint, [&] { return seemoe::io::load_model(ck.path); });
+    ck.model = std::move(loaded.model);
+    ck.metadata = std::move(loaded.metadata);
+    const auto vocab = ck.metadata.find("vocab");
+    if (vocab == ck.metadata.end())
+        throw CliError("checkpoint " + ck.path + " has no vocabulary in its metadata", hint);
+    ck.tokenizer = with_hint(hint, [&] { return CharTokenizer::from_json(vocab->second); });
+    if (ck.tokenizer.vocab_size() != ck.model.config.decoder.vocab_size)
+        throw CliError(format("checkpoint %s has %lld vocabulary tokens but a model for %lld", ck.path.c_str(),
+                              static_cast<long long>(ck.tokenizer.vocab_size()),
+                              static_cast<long long>(ck.model.config.decoder.vocab_size)),
+                       hint);
+    const auto step = ck.metadata.find("step");
+    if (step != ck.metadata.end()) ck.step = std::atoll(step->second.c_str());
+    return ck;
+}
+
+// ---- measuring a model on a split ------------------------------------------------------------
+
+// Sample indices in batches of equal caption length (no padding), each at most batch_size long.
+inline std::vector<std::vector<Index>> equal_length_batches(const CaptionDataset& ds, const CharTokenizer& tokenizer,
+                                                            const std::vector<Index>& samples, Index batch_size) {
+    std::map<Index, std::vector<Index>> by_length;
+    for (Index i : samples)
+        by_length[static_cast<Index>(tokenizer.encode(ds.caption(i)).size())].push_back(i);
+    std::vector<std::vector<Index>> batches;
+    for (const auto& [length, group] : by_length)
+        for (std::size_t start = 0; start < group.size(); start += static_cast<std::size_t>(batch_size))
+            batches.emplace_back(group.begin() + static_cast<std::ptrdiff_t>(start),
+                                 group.begin() + static_cast<std::ptrdiff_t>(
+                                                     std::min(group.size(), start + static_cast<std::size_t>(batch_size))));
+    return batches;
+}
+
+inline std::vector<Index> all_samples(const CaptionDataset& ds) {
+    std::vector<Index> out(static_cast<std::size_t>(ds.size()));
+    for (Index i = 0; i < ds.size(); ++i) out[static_cast<std::size_t>(i)] = i;
+    return out;
+}
+
+// routing[layer][expert]: positions each expert received.
+using RoutingCounts = std::vector<std::vector<Index>>;
+
+// Mean loss per caption token over `samples`; adds the expert routing to *routing when given.
+inline double mean_loss(Model& model, const Batcher& batcher, const std::vector<Index>& samples, Index batch_size,
+                        RoutingCounts* routing = nullptr) {
+    if (samples.empty()) return 0.0;
+    seemoe::NoGradGuard no_grad;
+    const bool was_training = model.is_training();
+    model.eval();
+    Rng unused(0);  // eval mode draws nothing
+    if (routing) {
+        routing->assign(model.decoder.blocks.size(), std::vector<Index>(
+                                                         static_cast<std::size_t>(model.config.decoder.num_experts), 0));
+    }
+    double total = 0.0;
+    Index tokens = 0;
+    for (const auto& group : equal_length_batches(batcher.dataset(), batcher.tokenizer(), samples, batch_size)) {
+        seemoe::data::Batch batch = batcher.make_batch(group);
+        const float loss = model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, unused).item();
+        const Index n = batch.batch_size * batch.seq_len;  // every target is real: no padding
+        total += static_cast<double>(loss) * static_cast<double>(n);
+        tokens += n;
+        if (routing)
+            for (std::size_t l = 0; l < model.decoder.blocks.size(); ++l) {
+                const auto& counts = model.decoder.blocks[l].moe.last_tokens_per_expert;
+                for (std::size_t e = 0; e < counts.size(); ++e) (*routing)[l][e] += counts[e];
+            }
+    }
+    model.train(was_training);
+    return total / static_cast<double>(tokens);
+}
+
+// Levenshtein distance between two token sequences.
+inline Index edit_distance(const std::vector<Index>& a, const std::vector<Index>& b) {
+    std::vector<Index> prev(b.size() + 1), cur(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = static_cast<Index>(j);
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        cur[0] = static_cast<Index>(i);
+        for (std::size_t j = 1; j <= b.size(); ++j)
+            cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+        std::swap(prev, cur);
+    }
+    return prev[b.size()];
+}
+
+struct CaptionScore {
+    Index samples = 0;
+    Index exact = 0;
+    Index edits = 0;        // summed edit distance
+    Index characters = 0;   // summed true caption length
+    std::vector<std::pair<std::string, std::string>> examples;  // (truth, prediction), in sample order
+
+    double exact_match() const { return samples ? static_cast<double>(exact) / static_cast<double>(samples) : 0.0; }
+    double char_accuracy() const {
+        if (characters == 0) return 0.0;
+        return std::max(0.0, 1.0 - static_cast<double>(edits) / static_cast<double>(characters));
+    }
+};
+
+// Greedy captions for `samples`, scored against the truth.
+inline CaptionScore score_captions(Model& model, const Batcher& batcher, const std::vector<Index>& samples,
+                                   Index batch_size) {
+    CaptionScore score;
+    if (samples.empty()) return score;
+    const CharTokenizer& tok = batcher.tokenizer();
+    const CaptionDataset& ds = batcher.dataset();
+    Index longest = 0;
+    for (Index i : samples) longest = std::max(longest, static_cast<Index>(tok.encode(ds.caption(i)).size()));
+    seemoe::nn::SamplingOptions greedy;
+    // Room for a few characters too many (still scored), within the model's positions.
+    greedy.max_new_tokens =
+        std::min(longest + 8, model.config.decoder.block_size - visual_token_count(model.config) - 1);
+    Rng unused(0);  // greedy decoding draws nothing
+    score.examples.resize(samples.size());
+    std::vector<std::size_t> slot_of;
+    for (std::size_t start = 0; start < samples.size(); start += static_cast<std::size_t>(batch_size)) {
+        const std::size_t end = std::min(samples.size(), start + static_cast<std::size_t>(batch_size));
+        const std::vector<Index> group(samples.begin() + static_cast<std::ptrdiff_t>(start),
+                                       samples.begin() + static_cast<std::ptrdiff_t>(end));
+        seemoe::data::Batch batch = batcher.make_batch(group);
+        const auto predicted = model.generate(batch.images, greedy, unused);
+        for (std::size_t b = 0; b < group.size(); ++b) {
+            const std::vector<Index> truth = tok.encode(ds.caption(group[b]));
+            score.samples += 1;
+            score.exact += predicted[b] == truth ? 1 : 0;
+            score.edits += edit_distance(predicted[b], truth);
+            score.characters += static_cast<Index>(truth.size());
+            score.examples[start + b] = {ds.caption(group[b]), tok.decode(predicted[b])};
+        }
+    }
+    return score;
+}
+
+// "    truth:      a small red circle\n    prediction: a small red square" for the first n examples.
+inline void print_examples(const CaptionScore& score, std::size_t n, bool mistakes_only) {
+    std::size_t shown = 0;
+    for (const auto& [truth, prediction] : score.examples) {
+        if (shown == n) break;
+        if (mistakes_only && truth == prediction) continue;
+        std::printf("    %s  truth: %s\n", truth == prediction ? "ok  " : "MISS", truth.c_str());
+        std::printf("          model: %s\n", prediction.c_str());
+        ++shown;
+    }
+}
+
+}  // namespace cli

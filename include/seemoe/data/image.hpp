@@ -1,0 +1,236 @@
+// seemoe/data/image.hpp — decode images, resize them, and turn them into normalised tensors.
+//
+//   Image          width x height 8-bit RGB, always 3 channels, stored (H, W, 3) row-major:
+//                  channel c of pixel (y, x) is rgb[(y * width + x) * 3 + c]
+//   decode_image   PNG, JPEG, BMP, GIF (first frame), TGA, PSD, PNM, HDR through stb_image;
+//                  grayscale is replicated to R = G = B, alpha is dropped (not blended)
+//   resize         bilinear or area, see ResizeMode for the exact sampling conventions
+//   write_chw      (3, H, W) floats (x/255 - mean[c]) / std[c] into a caller's buffer, so a batch
+//                  is filled in place; to_tensor wraps it for one image. ImageNet mean/std by
+//                  default, as torchvision's Normalize in the original seeMoE.
+//
+// stb_image is used through its declarations only: this header never defines
+// STB_IMAGE_IMPLEMENTATION; the implementation comes from the stb library the target links
+// (Debian's libstb).
+#pragma once
+
+#include <stb/stb_image.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "../core/tensor.hpp"
+
+namespace seemoe::data {
+
+struct Image {
+    int width = 0;
+    int height = 0;
+    std::vector<std::uint8_t> rgb;  // (H, W, 3)
+
+    bool empty() const { return width == 0 || height == 0; }
+    std::uint8_t at(int y, int x, int c) const {
+        return rgb[(static_cast<std::size_t>(y) * width + x) * 3 + c];
+    }
+    std::uint8_t& at(int y, int x, int c) { return rgb[(static_cast<std::size_t>(y) * width + x) * 3 + c]; }
+};
+
+// Decodes an image file held in memory; `name` is used in error messages.
+inline Image decode_image(const std::uint8_t* bytes, std::size_t n, const std::string& name = "<memory>") {
+    SEEMOE_CHECK(n > 0, "[decode_image] ", name, ": no bytes to decode (empty file?)");
+    SEEMOE_CHECK(n <= static_cast<std::size_t>(INT_MAX), "[decode_image] ", name, ": ", n,
+                 " bytes is more than stb_image can read");
+    int width = 0, height = 0, channels_in_file = 0;
+    // Asking for 3 channels makes stb_image do the gray -> RGB and RGBA -> RGB conversions.
+    std::uint8_t* pixels =
+        stbi_load_from_memory(bytes, static_cast<int>(n), &width, &height, &channels_in_file, 3);
+    SEEMOE_CHECK(pixels != nullptr, "[decode_image] cannot decode ", name, ": ", stbi_failure_reason(),
+                 " (supported: PNG, JPEG, BMP, GIF, TGA, PSD, PNM, HDR)");
+    Image image;
+    image.width = width;
+    image.height = height;
+    image.rgb.assign(pixels, pixels + static_cast<std::size_t>(width) * height * 3);
+    stbi_image_free(pixels);
+    return image;
+}
+inline Image decode_image(const std::vector<std::uint8_t>& bytes, const std::string& name = "<memory>") {
+    return decode_image(bytes.data(), bytes.size(), name);
+}
+
+// Reads the whole file into memory.
+inline std::vector<std::uint8_t> read_file_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        const int err = errno;
+        throw Error(detail::concat("[read_file] cannot open ", path, ": ",
+                                   err ? std::strerror(err) : "unknown error"));
+    }
+    std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    SEEMOE_CHECK(!in.bad(), "[read_file] error while reading ", path);
+    return bytes;
+}
+
+// Decodes an image file.
+inline Image load_image(const std::string& path) {
+    return decode_image(read_file_bytes(path), path);
+}
+
+// How resize samples the source.
+//  bilinear   PyTorch's F.interpolate(mode="bilinear", align_corners=False, antialias=False):
+//             output pixel x samples the source at (x + 0.5) * in/out - 0.5 (pixel centres
+//             aligned, not corners), clamped at the borders; computed in float, rounded to the
+//             nearest integer. Good for enlarging; shrinking by more than 2x skips pixels.
+//  area       each output pixel is the average of the source area it covers, with fractional
+//             pixels weighted by their overlap. Equals PyTorch's mode="area" (adaptive average
+//             pooling) when the sizes divide evenly. Right for shrinking.
+//  automatic  area when neither side grows, bilinear otherwise.
+enum class ResizeMode { bilinear, area, automatic };
+
+}  // namespace seemoe::data
+
+namespace seemoe::detail {
+
+// One axis of a separable resize: output i = sum of weight * input[index] over its taps.
+struct ResizeTaps {
+    std::vector<int> first;     // (out + 1) offsets into index/weight
+    std::vector<int> index;     // source indices
+    std::vector<float> weight;  // their weights (sum to 1 per output)
+};
+
+inline ResizeTaps bilinear_taps(int in, int out) {
+    ResizeTaps taps;
+    const double scale = static_cast<double>(in) / out;
+    taps.first.push_back(0);
+    for (int i = 0; i < out; ++i) {
+        const double src = std::max(0.0, (i + 0.5) * scale - 0.5);
+        const int i0 = std::min(static_cast<int>(src), in - 1);
+        const int i1 = std::min(i0 + 1, in - 1);
+        const float w1 = static_cast<float>(src - i0);
+        taps.index.insert(taps.index.end(), {i0, i1});
+        taps.weight.insert(taps.weight.end(), {1.0f - w1, w1});
+        taps.first.push_back(static_cast<int>(taps.index.size()));
+    }
+    return taps;
+}
+
+inline ResizeTaps area_taps(int in, int out) {
+    ResizeTaps taps;
+    const double scale = static_cast<double>(in) / out;  // source pixels per output pixel
+    taps.first.push_back(0);
+    for (int i = 0; i < out; ++i) {
+        const double lo = i * scale, hi = (i + 1) * scale;
+        for (int s = static_cast<int>(lo); s < in && s < hi; ++s) {
+            const double overlap = std::min<double>(hi, s + 1) - std::max<double>(lo, s);
+            if (overlap <= 0) continue;
+            taps.index.push_back(s);
+            taps.weight.push_back(static_cast<float>(overlap / scale));
+        }
+        taps.first.push_back(static_cast<int>(taps.index.size()));
+    }
+    return taps;
+}
+
+}  // namespace seemoe::detail
+
+namespace seemoe::data {
+
+// Resizes to width x height. Same size returns a copy, for every mode.
+inline Image resize(const Image& src, int width, int height, ResizeMode mode = ResizeMode::bilinear) {
+    SEEMOE_CHECK(width > 0 && height > 0, "[resize] target size must be positive, got ", width, "x", height);
+    SEEMOE_CHECK(!src.empty() && src.rgb.size() == static_cast<std::size_t>(src.width) * src.height * 3,
+                 "[resize] source image ", src.width, "x", src.height, " has ", src.rgb.size(),
+                 " bytes, expected width * height * 3");
+    if (width == src.width && height == src.height) return src;
+    if (mode == ResizeMode::automatic)
+        mode = (width <= src.width && height <= src.height) ? ResizeMode::area : ResizeMode::bilinear;
+
+    const bool area = mode == ResizeMode::area;
+    const detail::ResizeTaps tx =
+        area ? detail::area_taps(src.width, width) : detail::bilinear_taps(src.width, width);
+    const detail::ResizeTaps ty =
+        area ? detail::area_taps(src.height, height) : detail::bilinear_taps(src.height, height);
+    // Separable: rows first into a float buffer (src.height, width, 3), then columns.
+    std::vector<float> rows(static_cast<std::size_t>(src.height) * width * 3);
+    for (int y = 0; y < src.height; ++y) {
+        const std::uint8_t* in = src.rgb.data() + static_cast<std::size_t>(y) * src.width * 3;
+        float* out = rows.data() + static_cast<std::size_t>(y) * width * 3;
+        for (int x = 0; x < width; ++x) {
+            float acc[3] = {0, 0, 0};
+            for (int k = tx.first[x]; k < tx.first[x + 1]; ++k) {
+                const std::uint8_t* p = in + static_cast<std::size_t>(tx.index[k]) * 3;
+                for (int c = 0; c < 3; ++c) acc[c] += tx.weight[k] * p[c];
+            }
+            for (int c = 0; c < 3; ++c) out[x * 3 + c] = acc[c];
+        }
+    }
+    Image dst;
+    dst.width = width;
+    dst.height = height;
+    dst.rgb.resize(static_cast<std::size_t>(width) * height * 3);
+    const std::size_t row_len = static_cast<std::size_t>(width) * 3;
+    std::vector<float> acc(row_len);
+    for (int y = 0; y < height; ++y) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int k = ty.first[y]; k < ty.first[y + 1]; ++k) {
+            const float w = ty.weight[k];
+            const float* in = rows.data() + static_cast<std::size_t>(ty.index[k]) * row_len;
+            for (std::size_t i = 0; i < row_len; ++i) acc[i] += w * in[i];
+        }
+        std::uint8_t* out = dst.rgb.data() + static_cast<std::size_t>(y) * row_len;
+        for (std::size_t i = 0; i < row_len; ++i)
+            out[i] = static_cast<std::uint8_t>(std::clamp(std::lround(acc[i]), 0L, 255L));
+    }
+    return dst;
+}
+
+// Per-channel normalisation applied by write_chw: (x / 255 - mean[c]) / stddev[c].
+struct Normalization {
+    std::array<float, 3> mean{0.485f, 0.456f, 0.406f};  // ImageNet, as torchvision
+    std::array<float, 3> stddev{0.229f, 0.224f, 0.225f};
+
+    static Normalization imagenet() { return {}; }
+    // Plain x / 255 in [0, 1].
+    static Normalization unit_range() { return {{0.0f, 0.0f, 0.0f}, {1.0f, 1.0f, 1.0f}}; }
+};
+
+// Writes the image as (3, H, W) normalised values into out[0 .. 3*H*W).
+template <typename T>
+void write_chw(const std::uint8_t* rgb, int width, int height, T* out, const Normalization& norm = {}) {
+    for (int c = 0; c < 3; ++c)
+        SEEMOE_CHECK(norm.stddev[c] != 0.0f, "[write_chw] stddev of channel ", c, " is zero");
+    // 256-entry table per channel: the arithmetic happens once per value, not once per pixel.
+    std::array<std::array<T, 256>, 3> table;
+    for (int c = 0; c < 3; ++c)
+        for (int v = 0; v < 256; ++v)
+            table[c][v] = static_cast<T>((static_cast<double>(v) / 255.0 - norm.mean[c]) / norm.stddev[c]);
+    const std::size_t plane = static_cast<std::size_t>(width) * height;  // H * W
+    for (std::size_t i = 0; i < plane; ++i) {
+        out[i] = table[0][rgb[i * 3]];
+        out[plane + i] = table[1][rgb[i * 3 + 1]];
+        out[2 * plane + i] = table[2][rgb[i * 3 + 2]];
+    }
+}
+template <typename T>
+void write_chw(const Image& image, T* out, const Normalization& norm = {}) {
+    write_chw(image.rgb.data(), image.width, image.height, out, norm);
+}
+
+// One image as a (3, H, W) tensor.
+template <typename T = float>
+Tensor<T> to_tensor(const Image& image, const Normalization& norm = {}) {
+    SEEMOE_CHECK(!image.empty(), "[to_tensor] empty image");
+    Tensor<T> out = Tensor<T>::empty({3, image.height, image.width});  // (3, H, W)
+    write_chw(image, out.data(), norm);
+    return out;
+}
+
+}  // namespace seemoe::data

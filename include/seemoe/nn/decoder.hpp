@@ -1,0 +1,152 @@
+// seemoe/nn/decoder.hpp — the MoE decoder: SparseMoEBlock and MoEDecoderLanguageModel.
+//
+// A decoder block is pre-LN causal attention followed by a sparse MoE in place of the FFN:
+//   x = x + attn(ln1(x));  x = x + moe(ln2(x))
+// (the original took the FFN residual from ln2's output; here the residual stream stays raw).
+// MoEDecoderLanguageModel embeds tokens, adds learned positions, runs the blocks, applies ln_f and
+// lm_head. It works on text alone (a makeMoE-style character LM) or with a prefix of embeddings in
+// front of the tokens (the VLM's visual tokens); positions count from the start of the prefix.
+//
+// forward() builds the training graph; forward_cached() is the inference path with one KVCache per
+// block: call it once with the prompt, then once per new token.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../ops/elementwise.hpp"
+#include "../ops/shape_ops.hpp"
+#include "attention.hpp"
+#include "embedding.hpp"
+#include "layer_norm.hpp"
+#include "moe.hpp"
+
+namespace seemoe::nn {
+
+struct DecoderConfig {
+    Index vocab_size = 66;   // V, special tokens included
+    Index n_embd = 128;      // C
+    Index n_head = 8;        // H (head_dim = C / H)
+    Index n_layer = 8;
+    Index num_experts = 8;   // E
+    Index top_k = 2;         // K
+    Index expert_ratio = 4;  // expert hidden = expert_ratio * C
+    Index block_size = 1000; // positions, prefix included
+    double dropout = 0.1;
+};
+
+template <typename T>
+class SparseMoEBlock : public Module<T> {
+public:
+    SparseMoEBlock() = default;
+    SparseMoEBlock(const DecoderConfig& c, Rng& rng)
+        : ln1(c.n_embd), attn(c.n_embd, c.n_head, /*causal=*/true, static_cast<T>(c.dropout), rng),
+          ln2(c.n_embd),
+          moe(c.n_embd, c.num_experts, c.top_k, c.expert_ratio * c.n_embd, static_cast<T>(c.dropout), rng) {}
+
+    Tensor<T> forward(const Tensor<T>& x, Rng& rng) const {                  // (B, T, C)
+        Tensor<T> h = add(x, attn.forward(ln1.forward(x), rng));             // (B, T, C)
+        return add(h, moe.forward(ln2.forward(h), rng));                     // (B, T, C)
+    }
+
+    // Inference: x holds only the new positions (B, Tn, C).
+    Tensor<T> forward_cached(const Tensor<T>& x, KVCache<T>& cache) const {
+        Rng unused(0);  // eval mode: no dropout, no router noise, so nothing is drawn
+        Tensor<T> h = add(x, attn.forward_cached(ln1.forward(x), cache));    // (B, Tn, C)
+        return add(h, moe.forward(ln2.forward(h), unused));                  // (B, Tn, C)
+    }
+
+    LayerNorm<T> ln1;
+    MultiHeadAttention<T> attn;
+    LayerNorm<T> ln2;
+    SparseMoE<T> moe;
+
+protected:
+    void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
+        this->child(v, prefix, "ln1", ln1);
+        this->child(v, prefix, "attn", attn);
+        this->child(v, prefix, "ln2", ln2);
+        this->child(v, prefix, "moe", moe);
+    }
+};
+
+template <typename T>
+class MoEDecoderLanguageModel : public Module<T> {
+public:
+    MoEDecoderLanguageModel() = default;
+    MoEDecoderLanguageModel(const DecoderConfig& config, Rng& rng)
+        : config(config),
+          token_embedding(config.vocab_size, config.n_embd, rng, T(0.02)),
+          position_embedding(config.block_size, config.n_embd, rng, T(0.02)),
+          ln_f(config.n_embd),
+          lm_head(config.n_embd, config.vocab_size, rng) {
+        for (Index i = 0; i < config.n_layer; ++i) blocks.emplace_back(config, rng);
+        // A small output layer starts every logit near 0, so the initial loss is ln(V).
+        lm_head.weight = detail::parameter(
+            Tensor<T>::randn({config.vocab_size, config.n_embd}, rng, T(0), T(0.02)));
+        lm_head.bias = detail::parameter(Tensor<T>::zeros({config.vocab_size}));
+    }
+
+    // ids (B, T) row-major, optional prefix (B, Tp, C) -> logits (B, Tp+T, V).
+    Tensor<T> forward(const std::vector<Index>& ids, Index B, Index T_text, Rng& rng,
+                      const Tensor<T>& prefix = Tensor<T>()) const {
+        Tensor<T> x = embed(ids, B, T_text, prefix);                         // (B, L, C)
+        x = add(x, slice(position_embedding.weight, 0, 0, x.size(1)));       // (B, L, C)
+        for (const auto& block : blocks) x = block.forward(x, rng);          // (B, L, C)
+        return lm_head.forward(ln_f.forward(x));                             // (B, L, V)
+    }
+
+    // Inference with KV caches (one per block, reset by the caller): x (B, Tn, C) are the
+    // embeddings of the new positions, which start at caches[0].length.
+    Tensor<T> forward_cached(const Tensor<T>& x_new, std::vector<KVCache<T>>& caches) const {
+        NoGradGuard no_grad;
+        const Index start = caches.at(0).length, Tn = x_new.size(1);
+        SEEMOE_CHECK(start + Tn <= config.block_size, "[MoEDecoderLanguageModel] position ", start + Tn,
+                     " exceeds block_size ", config.block_size);
+        Tensor<T> x = add(x_new, slice(position_embedding.weight, 0, start, start + Tn));  // (B, Tn, C)
+        for (std::size_t i = 0; i < blocks.size(); ++i) x = blocks[i].forward_cached(x, caches[i]);
+        return lm_head.forward(ln_f.forward(x));                                            // (B, Tn, V)
+    }
+
+    // Token embeddings (B, T, C), with the prefix in front when given.
+    Tensor<T> embed(const std::vector<Index>& ids, Index B, Index T_text, const Tensor<T>& prefix) const {
+        SEEMOE_CHECK(static_cast<Index>(ids.size()) == B * T_text, "[MoEDecoderLanguageModel] ",
+                     ids.size(), " ids do not fill (B, T) = (", B, ", ", T_text, ")");
+        Tensor<T> x = token_embedding.forward(ids, {B, T_text});             // (B, T, C)
+        if (prefix.defined()) {
+            SEEMOE_CHECK(prefix.dim() == 3 && prefix.size(0) == B && prefix.size(2) == config.n_embd,
+                         "[MoEDecoderLanguageModel] prefix ", shape_str(prefix.shape()),
+                         " does not match (B, *, C) = (", B, ", *, ", config.n_embd, ")");
+            x = concat(std::vector<Tensor<T>>{prefix, x}, 1);                 // (B, Tp+T, C)
+        }
+        SEEMOE_CHECK(x.size(1) <= config.block_size, "[MoEDecoderLanguageModel] sequence of ", x.size(1),
+                     " positions exceeds block_size ", config.block_size);
+        return x;
+    }
+
+    // Fresh caches for B sequences of up to max_len positions.
+    std::vector<KVCache<T>> make_caches(Index B, Index max_len) const {
+        std::vector<KVCache<T>> caches(blocks.size());
+        for (auto& c : caches)
+            c.reset(B, config.n_head, config.n_embd / config.n_head, std::min(max_len, config.block_size));
+        return caches;
+    }
+
+    DecoderConfig config;
+    Embedding<T> token_embedding;     // (V, C)
+    Embedding<T> position_embedding;  // (block_size, C)
+    std::vector<SparseMoEBlock<T>> blocks;
+    LayerNorm<T> ln_f;
+    Linear<T> lm_head;                // (V, C)
+
+protected:
+    void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
+        this->child(v, prefix, "token_embedding", token_embedding);
+        this->child(v, prefix, "position_embedding", position_embedding);
+        this->children(v, prefix, "blocks", blocks);
+        this->child(v, prefix, "ln_f", ln_f);
+        this->child(v, prefix, "lm_head", lm_head);
+    }
+};
+
+}  // namespace seemoe::nn

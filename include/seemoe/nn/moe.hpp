@@ -1,0 +1,126 @@
+// seemoe/nn/moe.hpp — the sparse mixture of experts: Expert, NoisyTopkRouter, SparseMoE.
+//
+// Every token picks K of E experts. The router scores experts with a Linear; in training it adds
+// noise N(0,1) * softplus(noise(x)) so tokens explore other experts (noisy top-k gating, Shazeer et
+// al. 2017); in eval the scores are used as they are, so outputs are deterministic. The K best
+// scores are softmaxed into gates that sum to 1 per token — the same as a softmax over all E scores
+// with the others set to -inf.
+//
+// Dispatch is sparse: tokens are grouped by expert, each expert runs ONE GEMM pair over the rows it
+// received (gathered with index_select), its output is scaled by the gates and scatter-added back
+// (index_add). The cost follows the K active experts, not all E.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../ops/elementwise.hpp"
+#include "../ops/functional.hpp"
+#include "../ops/indexing.hpp"
+#include "../ops/shape_ops.hpp"
+#include "mlp.hpp"
+
+namespace seemoe::nn {
+
+// An expert is an MLP: fc1 (C -> 4C), ReLU, fc2 (4C -> C), dropout.
+template <typename T>
+class Expert : public MLP<T> {
+public:
+    Expert() = default;
+    Expert(Index dim, Index hidden, T dropout_p, Rng& rng)
+        : MLP<T>(dim, hidden, dim, Activation::ReLU, dropout_p, rng) {}
+};
+
+// What the router decided for N tokens.
+template <typename T>
+struct Routing {
+    Tensor<T> gates;                 // (N, K) softmax over the kept scores, differentiable
+    std::vector<Index> experts;      // (N, K) expert ids, best first
+    Index top_k = 0;
+};
+
+template <typename T>
+class NoisyTopkRouter : public Module<T> {
+public:
+    NoisyTopkRouter() = default;
+    NoisyTopkRouter(Index dim, Index num_experts, Index top_k, Rng& rng)
+        : route(dim, num_experts, rng), noise(dim, num_experts, rng), top_k(top_k) {
+        SEEMOE_CHECK(top_k >= 1 && top_k <= num_experts, "[NoisyTopkRouter] top_k ", top_k,
+                     " must be in [1, num_experts = ", num_experts, "]");
+    }
+
+    Routing<T> forward(const Tensor<T>& x, Rng& rng) const {                 // x (N, C)
+        Tensor<T> logits = route.forward(x);                                  // (N, E)
+        if (this->is_training()) {
+            Tensor<T> scale = softplus(noise.forward(x));                     // (N, E)
+            Tensor<T> eps = Tensor<T>::randn(logits.shape(), rng);            // (N, E), no grad
+            logits = add(logits, mul(eps, scale));                            // (N, E)
+        }
+        TopK<T> best = topk(logits, top_k);                                   // (N, K)
+        return {softmax(best.values, -1), std::move(best.indices), top_k};    // (N, K)
+    }
+
+    Linear<T> route, noise;
+    Index top_k = 2;
+
+protected:
+    void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
+        this->child(v, prefix, "route", route);
+        this->child(v, prefix, "noise", noise);
+    }
+};
+
+template <typename T>
+class SparseMoE : public Module<T> {
+public:
+    SparseMoE() = default;
+    SparseMoE(Index dim, Index num_experts, Index top_k, Index hidden, T dropout_p, Rng& rng)
+        : router(dim, num_experts, top_k, rng) {
+        for (Index e = 0; e < num_experts; ++e) experts.emplace_back(dim, hidden, dropout_p, rng);
+    }
+
+    Tensor<T> forward(const Tensor<T>& x, Rng& rng) const {                  // x (..., C)
+        const Index C = x.size(-1), N = x.numel() / C, E = num_experts();
+        Tensor<T> tokens = reshape(x, {N, C});                                // (N, C)
+        Routing<T> routing = router.forward(tokens, rng);                     // gates (N, K)
+        const Index K = routing.top_k;
+
+        // Group (token, slot) pairs by expert: rows[e] are token ids, slots[e] index gates (N*K).
+        std::vector<std::vector<Index>> rows(E), slots(E);
+        for (Index n = 0; n < N; ++n)
+            for (Index k = 0; k < K; ++k) {
+                const Index e = routing.experts[n * K + k];
+                rows[e].push_back(n);
+                slots[e].push_back(n * K + k);
+            }
+        last_tokens_per_expert.assign(E, 0);
+        for (Index e = 0; e < E; ++e) last_tokens_per_expert[e] = static_cast<Index>(rows[e].size());
+
+        Tensor<T> flat_gates = reshape(routing.gates, {N * K});              // (N*K)
+        Tensor<T> out = Tensor<T>::zeros({N, C});                            // (N, C)
+        for (Index e = 0; e < E; ++e) {
+            const Index n_e = static_cast<Index>(rows[e].size());
+            if (n_e == 0) continue;
+            Tensor<T> picked = index_select(tokens, 0, rows[e]);              // (n_e, C)
+            Tensor<T> expert_out = experts[e].forward(picked, rng);           // (n_e, C)
+            Tensor<T> gate = reshape(index_select(flat_gates, 0, slots[e]), {n_e, 1});  // (n_e, 1)
+            out = index_add(out, 0, rows[e], mul(expert_out, gate));          // (N, C)
+        }
+        return reshape(out, x.shape());                                       // (..., C)
+    }
+
+    Index num_experts() const { return static_cast<Index>(experts.size()); }
+
+    NoisyTopkRouter<T> router;
+    std::vector<Expert<T>> experts;
+    // Tokens routed to each expert by the last forward (for eval statistics).
+    mutable std::vector<Index> last_tokens_per_expert;
+
+protected:
+    void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
+        this->child(v, prefix, "router", router);
+        this->children(v, prefix, "experts", experts);
+    }
+};
+
+}  // namespace seemoe::nn

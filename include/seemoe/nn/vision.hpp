@@ -1,0 +1,180 @@
+// seemoe/nn/vision.hpp — the ViT image encoder: PatchEmbedding, the pre-LN encoder Block, ViT.
+//
+// An image (3, S, S) is cut into P = (S/p)^2 non-overlapping p x p patches. PatchEmbedding is
+// nn.Conv2d(3, D, kernel=p, stride=p) computed as patchify + one GEMM: each patch becomes a row of
+// 3*p*p values ordered (channel, row, column) — the order of the flattened Conv2d weight
+// (D, 3, p, p) — so weight.reshape(D, 3*p*p) multiplies it directly. Patches are numbered row-major
+// over the grid. The ViT prepends a learned CLS token, adds learned positions, runs pre-LN blocks
+// (x + attn(ln1(x)); x + mlp(ln2(x)), GELU MLP) and a final LayerNorm.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "../ops/elementwise.hpp"
+#include "../ops/shape_ops.hpp"
+#include "attention.hpp"
+#include "layer_norm.hpp"
+#include "mlp.hpp"
+
+namespace seemoe {
+
+// images (B, C, S, S) -> patches (B, P, C*p*p); differentiable (backward scatters back).
+template <typename T>
+Tensor<T> patchify(const Tensor<T>& images, Index patch) {
+    SEEMOE_CHECK(images.dim() == 4 && images.size(2) == images.size(3),
+                 "[patchify] expected square images (B, C, S, S), got ", shape_str(images.shape()));
+    const Index B = images.size(0), C = images.size(1), S = images.size(2);
+    SEEMOE_CHECK(patch > 0 && S % patch == 0, "[patchify] image size ", S,
+                 " is not a multiple of the patch size ", patch);
+    const Index grid = S / patch, P = grid * grid, row_len = C * patch * patch;
+    Tensor<T> out = detail::make_op_result<T>({B, P, row_len}, "patchify", {&images});  // (B, P, C*p*p)
+    // Walks (b, patch, c, ky) and copies one run of `patch` contiguous pixels; `scatter` copies the
+    // other way (adding), for backward.
+    auto walk = [=](auto&& copy_run) {
+        for (Index b = 0; b < B; ++b)
+            for (Index gy = 0; gy < grid; ++gy)
+                for (Index gx = 0; gx < grid; ++gx)
+                    for (Index c = 0; c < C; ++c)
+                        for (Index ky = 0; ky < patch; ++ky) {
+                            const Index pixel = ((b * C + c) * S + gy * patch + ky) * S + gx * patch;
+                            const Index row = ((b * P + gy * grid + gx) * C + c) * patch + ky;
+                            copy_run(pixel, row * patch);
+                        }
+    };
+    const T* src = images.data();
+    T* dst = out.data();
+    walk([&](Index pixel, Index slot) { std::copy_n(src + pixel, patch, dst + slot); });
+    detail::set_backward(out, [img = detail::grad_target(images), walk, patch](Node<T>& self) {
+        T* g_img = img->grad_data();
+        const T* g_out = self.grad->data();
+        walk([&](Index pixel, Index slot) {
+            for (Index i = 0; i < patch; ++i) g_img[pixel + i] += g_out[slot + i];
+        });
+    });
+    return out;
+}
+
+namespace nn {
+
+template <typename T>
+class PatchEmbedding : public Module<T> {
+public:
+    PatchEmbedding() = default;
+    PatchEmbedding(Index channels, Index patch, Index dim, Rng& rng) : channels(channels), patch(patch) {
+        // nn.Conv2d's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C*p*p.
+        const T bound = T(1) / std::sqrt(static_cast<T>(channels * patch * patch));
+        weight = detail::parameter(Tensor<T>::rand({dim, channels, patch, patch}, rng, -bound, bound));
+        bias = detail::parameter(Tensor<T>::rand({dim}, rng, -bound, bound));
+    }
+
+    Tensor<T> forward(const Tensor<T>& images) const {                           // (B, 3, S, S)
+        SEEMOE_CHECK(images.dim() == 4 && images.size(1) == channels, "[PatchEmbedding] expected (B, ",
+                     channels, ", S, S) images, got ", shape_str(images.shape()));
+        Tensor<T> patches = patchify(images, patch);                              // (B, P, 3*p*p)
+        Tensor<T> w = reshape(weight, {weight.size(0), channels * patch * patch}); // (D, 3*p*p)
+        return linear(patches, w, bias);                                          // (B, P, D)
+    }
+
+    Index channels = 3, patch = 16;
+    Tensor<T> weight;  // (D, 3, p, p) like nn.Conv2d
+    Tensor<T> bias;    // (D)
+
+protected:
+    void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
+        this->param(v, prefix, "weight", weight);
+        this->param(v, prefix, "bias", bias);
+    }
+};
+
+// Pre-LN transformer block with an MLP feed-forward: x + attn(ln1(x)), then x + mlp(ln2(x)).
+template <typename T>
+class Block : public Module<T> {
+public:
+    Block() = default;
+    Block(Index dim, Index n_heads, Index mlp_hidden, Activation act, bool causal, T dropout_p, Rng& rng)
+        : ln1(dim), attn(dim, n_heads, causal, dropout_p, rng), ln2(dim),
+          mlp(dim, mlp_hidden, dim, act, dropout_p, rng) {}
+
+    Tensor<T> forward(const Tensor<T>& x, Rng& rng) const {                        // (B, T, C)
+        Tensor<T> h = add(x, attn.forward(ln1.forward(x), rng));                   // (B, T, C)
+        return add(h, mlp.forward(ln2.forward(h), rng));                           // (B, T, C)
+    }
+
+    LayerNorm<T> ln1;
+    MultiHeadAttention<T> attn;
+    LayerNorm<T> ln2;
+    MLP<T> mlp;
+
+protected:
+    void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
+        this->child(v, prefix, "ln1", ln1);
+        this->child(v, prefix, "attn", attn);
+        this->child(v, prefix, "ln2", ln2);
+        this->child(v, prefix, "mlp", mlp);
+    }
+};
+
+struct ViTConfig {
+    Index image_size = 96;   // S: input images are (3, S, S)
+    Index patch_size = 16;   // p: S must be a multiple
+    Index channels = 3;
+    Index dim = 512;         // D: width of the encoder
+    Index n_blocks = 3;
+    Index n_heads = 8;
+    Index mlp_ratio = 4;     // MLP hidden = mlp_ratio * D
+    double dropout = 0.1;
+    Index num_patches() const { return (image_size / patch_size) * (image_size / patch_size); }
+};
+
+template <typename T>
+class ViT : public Module<T> {
+public:
+    ViT() = default;
+    ViT(const ViTConfig& config, Rng& rng)
+        : config(config),
+          patch_embedding(config.channels, config.patch_size, config.dim, rng),
+          drop(static_cast<T>(config.dropout)),
+          layer_norm(config.dim) {
+        SEEMOE_CHECK(config.image_size % config.patch_size == 0, "[ViT] image_size ", config.image_size,
+                     " is not a multiple of patch_size ", config.patch_size);
+        cls_token = detail::parameter(Tensor<T>::zeros({1, 1, config.dim}));
+        pos_embedding = detail::parameter(
+            Tensor<T>::randn({1, config.num_patches() + 1, config.dim}, rng, T(0), T(0.02)));
+        for (Index i = 0; i < config.n_blocks; ++i)
+            blocks.emplace_back(config.dim, config.n_heads, config.mlp_ratio * config.dim, Activation::GELU,
+                                /*causal=*/false, static_cast<T>(config.dropout), rng);
+    }
+
+    // images (B, 3, S, S) -> (B, 1+P, D): the CLS token first, then the patches, after ln.
+    Tensor<T> forward(const Tensor<T>& images, Rng& rng) const {
+        Tensor<T> patches = patch_embedding.forward(images);                        // (B, P, D)
+        const Index B = patches.size(0), D = config.dim;
+        Tensor<T> cls = add(Tensor<T>::zeros({B, 1, D}), cls_token);               // (B, 1, D)
+        Tensor<T> x = add(concat(std::vector<Tensor<T>>{cls, patches}, 1), pos_embedding);  // (B, 1+P, D)
+        x = drop.forward(x, rng);
+        for (const auto& block : blocks) x = block.forward(x, rng);                 // (B, 1+P, D)
+        return layer_norm.forward(x);                                               // (B, 1+P, D)
+    }
+
+    ViTConfig config;
+    PatchEmbedding<T> patch_embedding;
+    Tensor<T> cls_token;      // (1, 1, D)
+    Tensor<T> pos_embedding;  // (1, 1+P, D)
+    Dropout<T> drop;
+    std::vector<Block<T>> blocks;
+    LayerNorm<T> layer_norm;
+
+protected:
+    void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
+        this->child(v, prefix, "patch_embedding", patch_embedding);
+        this->param(v, prefix, "cls_token", cls_token);
+        this->param(v, prefix, "pos_embedding", pos_embedding);
+        this->child(v, prefix, "drop", drop);
+        this->children(v, prefix, "blocks", blocks);
+        this->child(v, prefix, "layer_norm", layer_norm);
+    }
+};
+
+}  // namespace nn
+}  // namespace seemoe

@@ -1,0 +1,170 @@
+// seemoe/nn/vlm.hpp — VisionMoELanguageModel: ViT -> projector -> visual tokens -> MoE decoder.
+//
+// Data flow for a batch of B images and captions padded to L characters:
+//   images (B, 3, S, S) --ViT--> (B, 1+P, D) --pick--> (B, Tv, D) --projector--> (B, Tv, C)
+//   input ids [<bos>, c1..cn, <pad>..] (B, L) --embed--> (B, L, C)
+//   decoder over [visual tokens | text] (B, Tv+L, C) --> logits (B, Tv+L, V)
+// Tv = 1 with VisualTokens::CLS (the CLS feature only, as the original seeMoE) or Tv = P with
+// VisualTokens::Patches (every patch feature, LLaVA-style). Targets are [c1..cn, <eos>, ignored..];
+// visual positions are ignored in the loss, so the first character is predicted from the image
+// through <bos>.
+//
+// generate() captions images with a KV cache: the image is encoded once, then one token per step,
+// greedy or sampled (temperature, top-k, top-p) with an explicit Rng.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "../ops/functional.hpp"
+#include "decoder.hpp"
+#include "projector.hpp"
+#include "vision.hpp"
+
+namespace seemoe::nn {
+
+enum class VisualTokens { CLS, Patches };
+
+struct VLMConfig {
+    ViTConfig vision;
+    DecoderConfig decoder;
+    VisualTokens visual_tokens = VisualTokens::CLS;
+    Index pad_id = 0, bos_id = 1, eos_id = 2;  // the tokenizer's special tokens
+};
+
+struct SamplingOptions {
+    Index max_new_tokens = 64;
+    double temperature = 0.0;  // 0: greedy (argmax)
+    Index top_k = 0;           // 0: no top-k filter
+    double top_p = 1.0;        // 1: no nucleus filter
+};
+
+// Picks the next token from one row of logits (V).
+template <typename T>
+Index sample_token(const T* logits, Index V, const SamplingOptions& options, Rng& rng) {
+    if (options.temperature <= 0.0) return static_cast<Index>(std::max_element(logits, logits + V) - logits);
+    std::vector<Index> order(static_cast<std::size_t>(V));
+    std::iota(order.begin(), order.end(), Index(0));
+    std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) { return logits[a] > logits[b]; });
+    Index keep = (options.top_k > 0) ? std::min(options.top_k, V) : V;
+    std::vector<double> probs(static_cast<std::size_t>(keep));
+    double total = 0.0;
+    for (Index i = 0; i < keep; ++i) {
+        probs[i] = std::exp((static_cast<double>(logits[order[i]]) - logits[order[0]]) / options.temperature);
+        total += probs[i];
+    }
+    if (options.top_p < 1.0) {  // smallest prefix whose probability reaches top_p
+        double mass = 0.0;
+        Index cut = 0;
+        while (cut < keep) {
+            mass += probs[cut++] / total;
+            if (mass >= options.top_p) break;
+        }
+        keep = cut;
+        total = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
+    }
+    double u = rng.uniform() * total;
+    for (Index i = 0; i < keep; ++i) {
+        u -= probs[i];
+        if (u < 0) return order[i];
+    }
+    return order[keep - 1];
+}
+
+template <typename T>
+class VisionMoELanguageModel : public Module<T> {
+public:
+    VisionMoELanguageModel() = default;
+    VisionMoELanguageModel(const VLMConfig& config, Rng& rng)
+        : config(config),
+          vision_encoder(config.vision, rng),
+          projector(config.vision.dim, config.decoder.n_embd, static_cast<T>(config.decoder.dropout), rng),
+          decoder(config.decoder, rng) {}
+
+    Index num_visual_tokens() const {
+        return config.visual_tokens == VisualTokens::CLS ? 1 : config.vision.num_patches();
+    }
+
+    // images (B, 3, S, S) -> visual tokens (B, Tv, C)
+    Tensor<T> encode_images(const Tensor<T>& images, Rng& rng) const {
+        Tensor<T> features = vision_encoder.forward(images, rng);            // (B, 1+P, D)
+        if (config.visual_tokens == VisualTokens::CLS)
+            features = slice(features, 1, 0, 1);                             // (B, 1, D)
+        else
+            features = slice(features, 1, 1, features.size(1));              // (B, P, D)
+        return projector.forward(features, rng);                             // (B, Tv, C)
+    }
+
+    // logits (B, Tv+L, V) for input ids (B, L)
+    Tensor<T> forward(const Tensor<T>& images, const std::vector<Index>& input_ids, Index L, Rng& rng) const {
+        const Index B = images.size(0);
+        Tensor<T> visual = encode_images(images, rng);                       // (B, Tv, C)
+        return decoder.forward(input_ids, B, L, rng, visual);                // (B, Tv+L, V)
+    }
+
+    // Mean cross-entropy over the caption targets (B, L); ignore_index -100 marks padding.
+    Tensor<T> loss(const Tensor<T>& images, const std::vector<Index>& input_ids,
+                   const std::vector<Index>& targets, Index L, Rng& rng) const {
+        const Index B = images.size(0), Tv = num_visual_tokens();
+        SEEMOE_CHECK(static_cast<Index>(targets.size()) == B * L, "[VisionMoELanguageModel] ",
+                     targets.size(), " targets do not fill (B, L) = (", B, ", ", L, ")");
+        Tensor<T> logits = forward(images, input_ids, L, rng);               // (B, Tv+L, V)
+        std::vector<Index> full_targets(static_cast<std::size_t>(B * (Tv + L)), kIgnore);
+        for (Index b = 0; b < B; ++b)
+            std::copy_n(targets.begin() + b * L, L, full_targets.begin() + b * (Tv + L) + Tv);
+        return cross_entropy(logits, full_targets, kIgnore);                 // ()
+    }
+
+    // Captions for every image in the batch (token ids without <bos>/<eos>), KV-cached.
+    std::vector<std::vector<Index>> generate(const Tensor<T>& images, const SamplingOptions& options,
+                                             Rng& rng) {
+        NoGradGuard no_grad;
+        const bool was_training = this->is_training();
+        this->eval();
+        const Index B = images.size(0), V = config.decoder.vocab_size;
+        Rng unused(0);
+        Tensor<T> visual = encode_images(images, unused);                    // (B, Tv, C)
+        const Index Tv = visual.size(1);
+        auto caches = decoder.make_caches(B, Tv + 1 + options.max_new_tokens);
+        std::vector<Index> step_ids(static_cast<std::size_t>(B), config.bos_id);
+        Tensor<T> x = decoder.embed(step_ids, B, 1, visual);                 // (B, Tv+1, C)
+        std::vector<std::vector<Index>> captions(static_cast<std::size_t>(B));
+        std::vector<bool> done(static_cast<std::size_t>(B), false);
+        for (Index step = 0; step < options.max_new_tokens; ++step) {
+            Tensor<T> logits = decoder.forward_cached(x, caches);            // (B, Tn, V)
+            const Index Tn = logits.size(1);
+            bool all_done = true;
+            for (Index b = 0; b < B; ++b) {
+                const Index next = sample_token(logits.data() + (b * Tn + Tn - 1) * V, V, options, rng);
+                step_ids[b] = next;
+                if (done[b]) continue;
+                if (next == config.eos_id) done[b] = true;
+                else captions[b].push_back(next);
+                all_done = all_done && done[b];
+            }
+            if (all_done || step + 1 == options.max_new_tokens) break;
+            x = decoder.embed(step_ids, B, 1, Tensor<T>());                   // (B, 1, C)
+        }
+        this->train(was_training);
+        return captions;
+    }
+
+    static constexpr Index kIgnore = -100;
+
+    VLMConfig config;
+    ViT<T> vision_encoder;
+    MultiModalProjector<T> projector;
+    MoEDecoderLanguageModel<T> decoder;
+
+protected:
+    void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
+        this->child(v, prefix, "vision_encoder", vision_encoder);
+        this->child(v, prefix, "projector", projector);
+        this->child(v, prefix, "decoder", decoder);
+    }
+};
+
+}  // namespace seemoe::nn

@@ -1,0 +1,209 @@
+// seemoe/ops/attention.hpp — fused scaled dot-product attention, forward and backward.
+//
+//   scaled_dot_product_attention(q, k, v, causal)  q (B, H, T, D), k (B, H, S, D), v (B, H, S, Dv)
+//   self_attention(qkv, n_heads, causal)           qkv (B, T, 3C) straight from one Linear
+//
+// Per (batch, head): P = softmax(Q K^T / sqrt(D)) (T, S), out = P V. P is the only thing saved
+// for backward (plus the inputs' value buffers); the score matrix is never a graph node. The
+// (batch, head) pairs run in parallel, each as a few small Eigen GEMMs on strided maps, so
+// self_attention reads the q/k/v head slices in place from the qkv rows and writes its result
+// straight into (B, T, C): no permute copies in either direction.
+//
+// Convention: the causal mask is aligned to the END of the keys: query t sees keys
+// s <= t + (S - T). With S == T that is the usual lower triangle; with a KV cache (T new queries
+// after S - T cached keys) the new queries see every cached key. Causal therefore needs S >= T.
+//
+// Legend: B batch, H heads, T queries, S keys, D head dim, C = H * D channels.
+#pragma once
+
+#include <Eigen/Core>
+#include <cmath>
+#include <memory>
+
+#include "../core/parallel.hpp"
+#include "../core/tensor.hpp"
+
+namespace seemoe {
+
+namespace detail {
+
+// Where head (b, h) of one operand lives in its flat buffer: its row r starts at
+// offset + b * batch_stride + h * head_stride + r * row_stride, and its D values are contiguous.
+struct AttentionOperand {
+    Index offset, batch_stride, head_stride, row_stride;
+    Index head_start(Index b, Index h) const { return offset + b * batch_stride + h * head_stride; }
+};
+
+struct AttentionGeometry {
+    Index B, H, T, S, D, Dv;  // queries T, keys S, q/k head dim D, v/out head dim Dv
+    bool causal;
+    AttentionOperand q, k, v, out;
+
+    // Number of keys query t may attend to (always >= 1: causal requires S >= T).
+    Index visible_keys(Index t) const { return causal ? t + (S - T) + 1 : S; }
+};
+
+// A head's (rows, dims) matrix inside a bigger row-major buffer.
+template <typename T>
+using HeadMap = Eigen::Map<MatrixRM<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <typename T>
+using ConstHeadMap = Eigen::Map<const MatrixRM<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+template <typename T>
+ConstHeadMap<T> const_head(const T* data, const AttentionOperand& op, Index b, Index h, Index rows,
+                           Index cols) {
+    return ConstHeadMap<T>(data + op.head_start(b, h), rows, cols, Eigen::OuterStride<>(op.row_stride));
+}
+template <typename T>
+HeadMap<T> mutable_head(T* data, const AttentionOperand& op, Index b, Index h, Index rows,
+                        Index cols) {
+    return HeadMap<T>(data + op.head_start(b, h), rows, cols, Eigen::OuterStride<>(op.row_stride));
+}
+
+// out = softmax(q k^T / sqrt(D), causal) v for every (b, h). `probs` receives the (B, H, T, S)
+// probabilities when backward needs them; when null each head uses a scratch matrix.
+template <typename T>
+void attention_forward(const AttentionGeometry& g, const T* q, const T* k, const T* v, T* out,
+                       T* probs) {
+    const T scale = T(1) / std::sqrt(static_cast<T>(g.D));
+    parallel_for(g.B * g.H, [&](Index bh) {
+        const Index b = bh / g.H, h = bh % g.H;
+        const auto Q = const_head(q, g.q, b, h, g.T, g.D);   // (T, D)
+        const auto K = const_head(k, g.k, b, h, g.S, g.D);   // (S, D)
+        const auto V = const_head(v, g.v, b, h, g.S, g.Dv);  // (S, Dv)
+        auto Y = mutable_head(out, g.out, b, h, g.T, g.Dv);  // (T, Dv)
+        MatrixRM<T> scratch;
+        if (!probs) scratch.resize(g.T, g.S);
+        MatrixMap<T> P(probs ? probs + bh * g.T * g.S : scratch.data(), g.T, g.S);  // (T, S)
+        P.noalias() = (Q * K.transpose()) * scale;
+        for (Index t = 0; t < g.T; ++t) {
+            const Index visible = g.visible_keys(t);
+            auto row = P.row(t).head(visible).array();
+            row = (row - row.maxCoeff()).exp();
+            row /= row.sum();
+            // Masked keys get probability exactly 0, which also zeroes their gradient below.
+            P.row(t).tail(g.S - visible).setZero();
+        }
+        Y.noalias() = P * V;
+    });
+}
+
+// Accumulates dq, dk, dv (each may be null; they may alias one buffer, as in self_attention,
+// because every (b, h) writes only its own head slice) from dout and the saved probabilities:
+//   dV += P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(P * dP)),
+//   dQ += dS K / sqrt(D),  dK += dS^T Q / sqrt(D).
+template <typename T>
+void attention_backward(const AttentionGeometry& g, const T* q, const T* k, const T* v,
+                        const T* probs, const T* dout, T* dq, T* dk, T* dv) {
+    const T scale = T(1) / std::sqrt(static_cast<T>(g.D));
+    parallel_for(g.B * g.H, [&](Index bh) {
+        const Index b = bh / g.H, h = bh % g.H;
+        const ConstMatrixMap<T> P(probs + bh * g.T * g.S, g.T, g.S);  // (T, S)
+        const auto dY = const_head(dout, g.out, b, h, g.T, g.Dv);       // (T, Dv)
+        if (dv) mutable_head(dv, g.v, b, h, g.S, g.Dv).noalias() += P.transpose() * dY;  // (S, Dv)
+        if (!dq && !dk) return;
+        const auto V = const_head(v, g.v, b, h, g.S, g.Dv);  // (S, Dv)
+        MatrixRM<T> dS = dY * V.transpose();                 // (T, S), dL/dP for now
+        for (Index t = 0; t < g.T; ++t) {
+            const T p_dot_dp = P.row(t).dot(dS.row(t));
+            dS.row(t).array() = P.row(t).array() * (dS.row(t).array() - p_dot_dp);
+        }
+        if (dq) {
+            const auto K = const_head(k, g.k, b, h, g.S, g.D);  // (S, D)
+            mutable_head(dq, g.q, b, h, g.T, g.D).noalias() += (dS * K) * scale;  // (T, D)
+        }
+        if (dk) {
+            const auto Q = const_head(q, g.q, b, h, g.T, g.D);  // (T, D)
+            mutable_head(dk, g.k, b, h, g.S, g.D).noalias() += (dS.transpose() * Q) * scale;  // (S, D)
+        }
+    });
+}
+
+}  // namespace detail
+
+// softmax(q k^T / sqrt(D)) v per (batch, head), like F.scaled_dot_product_attention with the
+// causal mask aligned to the end (see the top of this file). q (B, H, T, D), k (B, H, S, D),
+// v (B, H, S, Dv) -> (B, H, T, Dv).
+template <typename T>
+Tensor<T> scaled_dot_product_attention(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v,
+                                       bool causal) {
+    const auto shapes = [&] {
+        return detail::concat("q ", shape_str(q.shape()), ", k ", shape_str(k.shape()), ", v ",
+                              shape_str(v.shape()));
+    };
+    SEEMOE_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4,
+                 "[scaled_dot_product_attention] q, k, v must be (B, H, T, D), (B, H, S, D), "
+                 "(B, H, S, Dv); got ", shapes());
+    const Index B = q.size(0), H = q.size(1), Tq = q.size(2), D = q.size(3);
+    const Index S = k.size(2), Dv = v.size(3);
+    SEEMOE_CHECK(k.size(0) == B && v.size(0) == B && k.size(1) == H && v.size(1) == H,
+                 "[scaled_dot_product_attention] batch and head sizes differ: ", shapes());
+    SEEMOE_CHECK(v.size(2) == S, "[scaled_dot_product_attention] k and v have different numbers "
+                 "of keys: ", shapes());
+    SEEMOE_CHECK(k.size(3) == D, "[scaled_dot_product_attention] q and k head dims differ: ",
+                 shapes());
+    SEEMOE_CHECK(D >= 1, "[scaled_dot_product_attention] head dim must be >= 1: ", shapes());
+    SEEMOE_CHECK(!causal || S >= Tq, "[scaled_dot_product_attention] causal attention needs at "
+                 "least as many keys as queries (the mask is aligned to the end): ", shapes());
+
+    detail::AttentionGeometry g{B, H, Tq, S, D, Dv, causal,
+                                /*q*/ {0, H * Tq * D, Tq * D, D},
+                                /*k*/ {0, H * S * D, S * D, D},
+                                /*v*/ {0, H * S * Dv, S * Dv, Dv},
+                                /*out*/ {0, H * Tq * Dv, Tq * Dv, Dv}};
+    Tensor<T> out = detail::make_op_result<T>({B, H, Tq, Dv}, "scaled_dot_product_attention",
+                                              {&q, &k, &v});  // (B, H, T, Dv)
+    std::shared_ptr<Storage<T>> probs;
+    if (out.requires_grad()) probs = std::make_shared<Storage<T>>(B * H * Tq * S);  // (B, H, T, S)
+    detail::attention_forward(g, q.data(), k.data(), v.data(), out.data(),
+                              probs ? probs->data() : nullptr);
+    detail::set_backward(out, [g, probs, q_node = detail::grad_target(q),
+                               k_node = detail::grad_target(k), v_node = detail::grad_target(v),
+                               q_values = q.storage(), k_values = k.storage(),
+                               v_values = v.storage()](Node<T>& self) {
+        // Fetch (and allocate) every grad buffer before the parallel region.
+        T* dq = q_node ? q_node->grad_data() : nullptr;
+        T* dk = k_node ? k_node->grad_data() : nullptr;
+        T* dv = v_node ? v_node->grad_data() : nullptr;
+        detail::attention_backward(g, q_values->data(), k_values->data(), v_values->data(),
+                                   probs->data(), self.grad->data(), dq, dk, dv);
+    });
+    return out;
+}
+
+// Multi-head self-attention on the packed output of one Linear: qkv (B, T, 3C) holds q | k | v
+// along the last axis, each (B, T, C) with head h in channels [h*D, (h+1)*D) (torch's
+// qkv.view(B, T, 3, H, D)). Returns (B, T, C) with the heads side by side again, ready for the
+// output projection. D = C / n_heads; scale 1/sqrt(D).
+template <typename T>
+Tensor<T> self_attention(const Tensor<T>& qkv, Index n_heads, bool causal) {
+    SEEMOE_CHECK(qkv.dim() == 3 && qkv.size(2) % 3 == 0 && qkv.size(2) > 0,
+                 "[self_attention] qkv must be (B, T, 3C) with C >= 1, got ",
+                 shape_str(qkv.shape()));
+    const Index B = qkv.size(0), Tq = qkv.size(1), C = qkv.size(2) / 3;
+    SEEMOE_CHECK(n_heads >= 1 && C % n_heads == 0, "[self_attention] ", n_heads,
+                 " heads do not divide C = ", C, " of qkv ", shape_str(qkv.shape()));
+    const Index H = n_heads, D = C / n_heads;
+
+    // Row t of head h: q at channel h*D of the qkv row, k at C + h*D, v at 2C + h*D.
+    detail::AttentionGeometry g{B, H, Tq, Tq, D, D, causal,
+                                /*q*/ {0, Tq * 3 * C, D, 3 * C},
+                                /*k*/ {C, Tq * 3 * C, D, 3 * C},
+                                /*v*/ {2 * C, Tq * 3 * C, D, 3 * C},
+                                /*out*/ {0, Tq * C, D, C}};
+    Tensor<T> out = detail::make_op_result<T>({B, Tq, C}, "self_attention", {&qkv});  // (B, T, C)
+    std::shared_ptr<Storage<T>> probs;
+    if (out.requires_grad()) probs = std::make_shared<Storage<T>>(B * H * Tq * Tq);  // (B, H, T, T)
+    const T* x = qkv.data();
+    detail::attention_forward(g, x, x, x, out.data(), probs ? probs->data() : nullptr);
+    detail::set_backward(out, [g, probs, qkv_node = detail::grad_target(qkv),
+                               qkv_values = qkv.storage()](Node<T>& self) {
+        if (!qkv_node) return;
+        T* dqkv = qkv_node->grad_data();  // q, k, v gradients land in their slices of one buffer
+        const T* x = qkv_values->data();
+        detail::attention_backward(g, x, x, x, probs->data(), self.grad->data(), dqkv, dqkv, dqkv);
+    });
+    return out;
+}
+
+}  // namespace seemoe

@@ -1,0 +1,257 @@
+// seemoe/ops/matmul.hpp — matrix products: matmul (plain and batched) and linear (x W^T + b).
+//
+// Every product is one Eigen GEMM on maps over the tensors' own buffers, written with
+// `.noalias()` so Eigen builds no temporary. A transposed operand is `.transpose()` of its map:
+// Eigen's GEMM reads a transposed row-major matrix as a column-major one, so nothing is copied.
+// Backward is two more GEMMs per product, accumulated straight into the parents' grads.
+//
+// Convention: transpose_a / transpose_b mean the LAST TWO axes of that operand are stored the
+// other way round, so matmul(a, b, true) is torch.matmul(a.mT, b). Leading axes are batch axes:
+// (..., M, K) x (..., K, N) with equal leading axes, or a 2-D b shared by the whole batch (then
+// the batch is folded into the rows of a single GEMM whenever a is not transposed).
+// linear(x, W, b) is torch.nn.functional.linear: W is (out, in), and all leading axes of x go
+// through one GEMM.
+//
+// Shape legend: M, K, N the rows, inner size and columns of a product; N_rows all leading axes
+// of a linear's input flattened together.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <memory>
+#include <string>
+
+#include "../core/parallel.hpp"
+#include "../core/tensor.hpp"
+
+namespace seemoe {
+namespace detail {
+
+// Multiply-adds per GEMM below which Eigen would run it on one thread anyway (it splits only
+// products of roughly 1e5 multiply-adds or more), so a batch of them is better spread over the
+// threads one whole GEMM each. Above it, Eigen threads each GEMM itself.
+inline constexpr Index kSmallGemmWork = Index(1) << 17;
+// Multiply-adds of a whole batch below which starting threads costs more than it saves.
+inline constexpr Index kParallelBatchWork = Index(1) << 15;
+
+// One operand of a product: a row-major (rows, cols) matrix as stored, used either as it is or
+// transposed.
+template <typename T>
+struct GemmOperand {
+    const T* data;
+    Index rows, cols;  // as stored
+    bool transposed;
+
+    Index product_rows() const { return transposed ? cols : rows; }
+    Index product_cols() const { return transposed ? rows : cols; }
+    GemmOperand t() const { return {data, rows, cols, !transposed}; }
+};
+
+// Calls fn with the operand's map or with its transpose; both are free expressions, no copy.
+template <typename T, typename Fn>
+void with_gemm_operand(const GemmOperand<T>& op, Fn&& fn) {
+    ConstMatrixMap<T> m(op.data, op.rows, op.cols);
+    if (op.transposed) {
+        fn(m.transpose());
+    } else {
+        fn(m);
+    }
+}
+
+// dst = lhs * rhs, or dst += lhs * rhs when `accumulate`; dst is row-major and contiguous.
+template <typename T>
+void gemm(T* dst, const GemmOperand<T>& lhs, const GemmOperand<T>& rhs, bool accumulate) {
+    MatrixMap<T> out(dst, lhs.product_rows(), rhs.product_cols());
+    with_gemm_operand(lhs, [&](const auto& l) {
+        with_gemm_operand(rhs, [&](const auto& r) {
+            if (accumulate) {
+                out.noalias() += l * r;
+            } else {
+                out.noalias() = l * r;
+            }
+        });
+    });
+}
+
+// Runs body(i) for each of `batch` independent GEMMs: small ones spread over the threads when
+// there are enough of them, large ones one after the other so that Eigen threads each (never
+// both: no nested regions).
+template <typename Body>
+void for_each_gemm(Index batch, Index work_per_gemm, Body&& body) {
+    if (work_per_gemm < kSmallGemmWork && batch * work_per_gemm >= kParallelBatchWork) {
+        parallel_for(batch, body);
+    } else {
+        for (Index i = 0; i < batch; ++i) body(i);
+    }
+}
+
+inline std::string transpose_note(bool transpose_a, bool transpose_b) {
+    if (!transpose_a && !transpose_b) return "";
+    return concat(" (transpose_a=", transpose_a ? "true" : "false",
+                  ", transpose_b=", transpose_b ? "true" : "false", ")");
+}
+
+}  // namespace detail
+
+// a (..., M, K) x b (..., K, N) -> (..., M, N); with transpose_a, a is stored (..., K, M), with
+// transpose_b, b is stored (..., N, K). b is either 2-D (shared by every batch item) or has
+// exactly a's leading axes.
+template <typename T>
+Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a = false,
+                 bool transpose_b = false) {
+    const Shape& as = a.shape();
+    const Shape& bs = b.shape();
+    SEEMOE_CHECK(a.dim() >= 2 && b.dim() >= 2, "[matmul] needs operands with at least 2 dimensions: ",
+                 shape_str(as), " x ", shape_str(bs));
+    const Index nd = a.dim();
+    const bool b_shared = b.dim() == 2;
+    SEEMOE_CHECK(b_shared || (b.dim() == nd && std::equal(as.begin(), as.end() - 2, bs.begin())),
+                 "[matmul] batch dimensions differ: ", shape_str(as), " x ", shape_str(bs),
+                 " (b must be 2-D or have exactly a's leading dimensions)");
+    const Index a_rows = as[nd - 2], a_cols = as[nd - 1];
+    const Index b_rows = bs[b.dim() - 2], b_cols = bs.back();
+    const Index M = transpose_a ? a_cols : a_rows;
+    const Index K = transpose_a ? a_rows : a_cols;
+    const Index N = transpose_b ? b_rows : b_cols;
+    SEEMOE_CHECK(K == (transpose_b ? b_cols : b_rows), "[matmul] inner dimensions differ: ",
+                 shape_str(as), " x ", shape_str(bs), detail::transpose_note(transpose_a, transpose_b));
+
+    Shape out_shape(as.begin(), as.end() - 2);
+    Index batch = 1;
+    for (Index s : out_shape) batch *= s;
+    out_shape.push_back(M);
+    out_shape.push_back(N);
+    Tensor<T> out = detail::make_op_result<T>(out_shape, "matmul", {&a, &b});  // (..., M, N)
+
+    // A shared b with an untransposed a is one (batch*M, K) x (K, N) GEMM: fold the batch into
+    // the rows. Otherwise each batch item is its own GEMM.
+    const bool fold = b_shared && !transpose_a;
+    const Index gemms = fold ? 1 : batch;
+    const Index a_stored_rows = fold ? batch * a_rows : a_rows;
+    const Index c_rows = fold ? batch * M : M;
+    const Index a_step = a_rows * a_cols;
+    const Index b_step = b_shared ? 0 : b_rows * b_cols;
+    const Index c_step = M * N;
+    const Index work = c_rows * K * N;
+    {
+        const T* A = a.data();
+        const T* B = b.data();
+        T* C = out.data();
+        detail::for_each_gemm(gemms, work, [&](Index i) {
+            const detail::GemmOperand<T> op_a{A + i * a_step, a_stored_rows, a_cols, transpose_a};
+            const detail::GemmOperand<T> op_b{B + i * b_step, b_rows, b_cols, transpose_b};
+            detail::gemm(C + i * c_step, op_a, op_b, false);
+        });
+    }
+
+    auto a_node = detail::grad_target(a);
+    auto b_node = detail::grad_target(b);
+    // dA needs B's values and dB needs A's: keep only what backward will read.
+    auto a_values = b_node ? a.storage() : nullptr;
+    auto b_values = a_node ? b.storage() : nullptr;
+    detail::set_backward(out, [=](Node<T>& self) {
+        const T* dC = self.grad->data();
+        // With C = op(A) op(B):  d op(A) = dC op(B)^T  and  d op(B) = op(A)^T dC; an operand
+        // stored transposed receives the transpose of that, which swaps the factors.
+        if (a_node) {
+            T* dA = a_node->grad_data();
+            const T* B = b_values->data();
+            detail::for_each_gemm(gemms, work, [&](Index i) {
+                const detail::GemmOperand<T> d_c{dC + i * c_step, c_rows, N, false};
+                const detail::GemmOperand<T> op_b{B + i * b_step, b_rows, b_cols, transpose_b};
+                if (transpose_a) {
+                    detail::gemm(dA + i * a_step, op_b, d_c.t(), true);  // (K, M)
+                } else {
+                    detail::gemm(dA + i * a_step, d_c, op_b.t(), true);  // (M, K)
+                }
+            });
+        }
+        if (b_node) {
+            T* dB = b_node->grad_data();
+            const T* A = a_values->data();
+            auto one_item = [&](Index i) {
+                const detail::GemmOperand<T> d_c{dC + i * c_step, c_rows, N, false};
+                const detail::GemmOperand<T> op_a{A + i * a_step, a_stored_rows, a_cols, transpose_a};
+                if (transpose_b) {
+                    detail::gemm(dB + i * b_step, d_c.t(), op_a, true);  // (N, K)
+                } else {
+                    detail::gemm(dB + i * b_step, op_a.t(), d_c, true);  // (K, N)
+                }
+            };
+            if (b_shared) {
+                // Every item adds into the same dB, so the items run one after the other.
+                for (Index i = 0; i < gemms; ++i) one_item(i);
+            } else {
+                detail::for_each_gemm(gemms, work, one_item);
+            }
+        }
+    });
+    return out;
+}
+
+// torch.nn.functional.linear: x (..., in), weight (out, in), bias (out) or an undefined
+// Tensor<T>() -> (..., out) = x weight^T + bias, one GEMM over all leading axes of x.
+template <typename T>
+Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& bias = Tensor<T>()) {
+    SEEMOE_CHECK(weight.dim() == 2, "[linear] weight must be 2-D (out, in), got ",
+                 shape_str(weight.shape()));
+    const Index out_features = weight.size(0);
+    const Index in_features = weight.size(1);
+    SEEMOE_CHECK(x.dim() >= 1 && x.shape().back() == in_features,
+                 "[linear] input features differ: x ", shape_str(x.shape()), " vs weight (out, in) ",
+                 shape_str(weight.shape()));
+    const bool has_bias = bias.defined();
+    if (has_bias) {
+        SEEMOE_CHECK(bias.dim() == 1 && bias.size(0) == out_features, "[linear] bias ",
+                     shape_str(bias.shape()), " does not match weight (out, in) ",
+                     shape_str(weight.shape()));
+    }
+    Shape out_shape = x.shape();
+    out_shape.back() = out_features;
+    Tensor<T> y = has_bias
+                      ? detail::make_op_result<T>(out_shape, "linear", {&x, &weight, &bias})
+                      : detail::make_op_result<T>(out_shape, "linear", {&x, &weight});  // (..., out)
+    Index n_rows = 1;  // all leading axes of x together
+    for (Index i = 0; i + 1 < x.dim(); ++i) n_rows *= x.shape()[i];
+
+    const detail::GemmOperand<T> x_op{x.data(), n_rows, in_features, false};          // (N_rows, in)
+    const detail::GemmOperand<T> w_transposed{weight.data(), out_features, in_features, true};  // (in, out)
+    if (has_bias) {
+        // Start from the bias in every row and let the GEMM add onto it: one pass fewer than
+        // adding the bias afterwards.
+        MatrixMap<T>(y.data(), n_rows, out_features).rowwise() =
+            ConstVectorMap<T>(bias.data(), out_features).transpose();
+        detail::gemm(y.data(), x_op, w_transposed, true);
+    } else {
+        detail::gemm(y.data(), x_op, w_transposed, false);
+    }
+
+    auto x_node = detail::grad_target(x);
+    auto w_node = detail::grad_target(weight);
+    auto b_node = has_bias ? detail::grad_target(bias) : nullptr;
+    auto x_values = w_node ? x.storage() : nullptr;
+    auto w_values = x_node ? weight.storage() : nullptr;
+    detail::set_backward(y, [=](Node<T>& self) {
+        const T* dY = self.grad->data();
+        const detail::GemmOperand<T> d_y{dY, n_rows, out_features, false};  // (N_rows, out)
+        if (x_node) {
+            // dX = dY W: (N_rows, out) x (out, in)
+            const detail::GemmOperand<T> w{w_values->data(), out_features, in_features, false};
+            detail::gemm(x_node->grad_data(), d_y, w, true);
+        }
+        if (w_node) {
+            // dW = dY^T X: (out, N_rows) x (N_rows, in)
+            const detail::GemmOperand<T> x_in{x_values->data(), n_rows, in_features, false};
+            detail::gemm(w_node->grad_data(), d_y.t(), x_in, true);
+        }
+        if (b_node) {
+            // db = column sums of dY, summed row by row so every add is a contiguous vector add.
+            VectorMap<T> db(b_node->grad_data(), out_features);
+            const ConstMatrixMap<T> dy(dY, n_rows, out_features);
+            for (Index r = 0; r < n_rows; ++r) db += dy.row(r).transpose();
+        }
+    });
+    return y;
+}
+
+}  // namespace seemoe
