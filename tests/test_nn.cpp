@@ -39,11 +39,12 @@ nn::VLMConfig tiny_config(nn::VisualTokens visual = nn::VisualTokens::CLS) {
 
 // Gradcheck of a whole module: the inputs are the extra tensors followed by the module's
 // parameters. The handles share nodes with the module, so perturbing an input perturbs the module.
+// Up to 24 random elements of each tensor are checked.
 template <typename M, typename Fn>
 testing::GradcheckResult module_gradcheck(M& module, std::vector<Tensord> extra, Fn&& forward) {
     std::vector<Tensord> inputs = extra;
     for (auto& p : module.parameters()) inputs.push_back(p);
-    return gradcheck(forward, inputs);
+    return gradcheck(forward, inputs, 1e-5, 1234, /*max_per_input=*/24);
 }
 
 }  // namespace
