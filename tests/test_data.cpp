@@ -404,12 +404,14 @@ TEST_CASE("tokenizer: JSON round trip, escapes and invalid vocabularies", "[data
     CHECK_THROWS_WITH(CharTokenizer::from_json(R"(["<pad>","<bos>","<eos>","ab"])"),
                       Catch::Contains("not exactly one UTF-8 character"));
     CHECK_THROWS_WITH(CharTokenizer::from_json(R"(["<pad>","<bos>","<eos>"] x)"),
-                      Catch::Contains("[CharTokenizer::from_json] invalid vocabulary JSON at offset"));
-    CHECK_THROWS_WITH(CharTokenizer::from_json(R"(["<pad>","<bos>")"), Catch::Contains("unexpected end"));
+                      Catch::Contains("[CharTokenizer::from_json] invalid vocabulary JSON"));
+    CHECK_THROWS_WITH(CharTokenizer::from_json(R"(["<pad>","<bos>")"),
+                      Catch::Contains("[CharTokenizer::from_json] invalid vocabulary JSON"));
     CHECK_THROWS_WITH(CharTokenizer::from_json(R"(["<pad>","<bos>","<eos>","\u00g9"])"),
-                      Catch::Contains("bad hex digit 'g'"));
+                      Catch::Contains("invalid hex digit"));
     CHECK_THROWS_WITH(CharTokenizer::from_json(R"(["<pad>","<bos>","<eos>","\ud83d"])"),
-                      Catch::Contains("unpaired surrogate"));
+                      Catch::Contains("surrogate"));
+    CHECK_THROWS_WITH(CharTokenizer::from_json(R"({"a": 1})"), Catch::Contains("JSON array of strings"));
 }
 
 // ---- data set ------------------------------------------------------------------------------

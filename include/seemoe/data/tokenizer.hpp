@@ -7,8 +7,7 @@
 //
 // The vocabulary travels with a checkpoint as a JSON array of the token strings, in id order:
 //   ["<pad>","<bos>","<eos>"," ","a","b",...]
-// (to_json / from_json; JSON escapes for quote, backslash and control characters, UTF-8 kept as
-// is, \uXXXX including surrogate pairs accepted on input).
+// (to_json / from_json, through io/json.hpp).
 //
 // Convention: ids are seemoe::Index; id i is tokens()[i].
 #pragma once
@@ -22,6 +21,7 @@
 #include <vector>
 
 #include "../core/common.hpp"
+#include "../io/json.hpp"
 
 namespace seemoe::detail {
 
@@ -53,24 +53,6 @@ inline bool next_code_point(std::string_view text, std::size_t pos, std::uint32_
     return cp >= min_value && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
 }
 
-inline void append_utf8(std::string& out, std::uint32_t cp) {
-    if (cp < 0x80) {
-        out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-        out += static_cast<char>(0xC0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        out += static_cast<char>(0xE0 | (cp >> 12));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-        out += static_cast<char>(0xF0 | (cp >> 18));
-        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-}
-
 // "U+00E9"
 inline std::string code_point_str(std::uint32_t cp) {
     static const char hex[] = "0123456789ABCDEF";
@@ -78,141 +60,6 @@ inline std::string code_point_str(std::uint32_t cp) {
     for (int shift = cp > 0xFFFF ? 20 : 12; shift >= 0; shift -= 4) digits += hex[(cp >> shift) & 15];
     return "U+" + digits;
 }
-
-// JSON string literal, quotes included.
-inline std::string json_quote(std::string_view s) {
-    static const char hex[] = "0123456789abcdef";
-    std::string out = "\"";
-    for (char ch : s) {
-        const auto c = static_cast<unsigned char>(ch);
-        // clang-format off
-        switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\b': out += "\\b"; break;
-            case '\f': out += "\\f"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                if (c < 0x20) {
-                    out += "\\u00";
-                    out += hex[c >> 4];
-                    out += hex[c & 15];
-                } else {
-                    out += ch;  // UTF-8 bytes pass through: JSON text is UTF-8
-                }
-        }
-        // clang-format on
-    }
-    return out + "\"";
-}
-
-// A reader for exactly one JSON value: an array of strings.
-class JsonStringArrayReader {
-public:
-    JsonStringArrayReader(std::string_view text, const char* who) : text_(text), who_(who) {}
-
-    std::vector<std::string> read() {
-        std::vector<std::string> items;
-        skip_space();
-        expect('[');
-        skip_space();
-        if (peek() == ']') {
-            ++pos_;
-        } else {
-            for (;;) {
-                skip_space();
-                items.push_back(read_string());
-                skip_space();
-                const char c = take();
-                if (c == ']') break;
-                if (c != ',') fail(std::string("expected ',' or ']' but found ") + shown(c));
-            }
-        }
-        skip_space();
-        if (pos_ != text_.size()) fail("unexpected text after the closing ']'");
-        return items;
-    }
-
-private:
-    [[noreturn]] void fail(const std::string& what) const {
-        throw Error(concat("[", who_, "] invalid vocabulary JSON at offset ", pos_, ": ", what));
-    }
-    static std::string shown(char c) {
-        return c == '\0' ? std::string("the end of the text") : std::string("'") + c + "'";
-    }
-    char peek() const { return pos_ < text_.size() ? text_[pos_] : '\0'; }
-    char take() {
-        if (pos_ >= text_.size()) fail("unexpected end of the text");
-        return text_[pos_++];
-    }
-    void expect(char c) {
-        if (peek() != c) fail(std::string("expected '") + c + "' but found " + shown(peek()));
-        ++pos_;
-    }
-    void skip_space() {
-        while (pos_ < text_.size() &&
-               (text_[pos_] == ' ' || text_[pos_] == '\t' || text_[pos_] == '\n' || text_[pos_] == '\r'))
-            ++pos_;
-    }
-    std::uint32_t read_hex4() {
-        std::uint32_t v = 0;
-        for (int k = 0; k < 4; ++k) {
-            const char c = take();
-            // Digits 0-9 a-f sit at their value; A-F at 16..21, six past theirs.
-            const std::size_t at = std::string_view("0123456789abcdefABCDEF").find(c);
-            if (at == std::string_view::npos)
-                fail(std::string("bad hex digit ") + shown(c) + " in a \\u escape");
-            v = (v << 4) | static_cast<std::uint32_t>(at < 16 ? at : at - 6);
-        }
-        return v;
-    }
-    std::string read_string() {
-        expect('"');
-        std::string s;
-        for (;;) {
-            const char c = take();
-            if (c == '"') return s;
-            if (static_cast<unsigned char>(c) < 0x20) fail("raw control character inside a string");
-            if (c != '\\') {
-                s += c;
-                continue;
-            }
-            const char e = take();
-            // clang-format off
-            switch (e) {
-                case '"': s += '"'; break;
-                case '\\': s += '\\'; break;
-                case '/': s += '/'; break;
-                case 'b': s += '\b'; break;
-                case 'f': s += '\f'; break;
-                case 'n': s += '\n'; break;
-                case 'r': s += '\r'; break;
-                case 't': s += '\t'; break;
-                case 'u': {
-                    std::uint32_t cp = read_hex4();
-                    if (cp >= 0xD800 && cp <= 0xDBFF) {  // high surrogate: a low one must follow
-                        if (take() != '\\' || take() != 'u') fail("unpaired surrogate in a \\u escape");
-                        const std::uint32_t low = read_hex4();
-                        if (low < 0xDC00 || low > 0xDFFF) fail("unpaired surrogate in a \\u escape");
-                        cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-                    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                        fail("unpaired surrogate in a \\u escape");
-                    }
-                    append_utf8(s, cp);
-                    break;
-                }
-                default: fail(std::string("unknown escape \\") + e);
-            }
-            // clang-format on
-        }
-    }
-
-    std::string_view text_;
-    const char* who_;
-    std::size_t pos_ = 0;
-};
 
 }  // namespace seemoe::detail
 
@@ -247,7 +94,7 @@ public:
         std::vector<std::string> tokens;
         for (std::uint32_t cp : chars) {
             std::string s;
-            detail::append_utf8(s, cp);
+            io::detail::append_utf8(s, cp);
             tokens.push_back(std::move(s));
         }
         return CharTokenizer(std::move(tokens), true);
@@ -299,15 +146,24 @@ public:
 
     // The token list as a JSON array (for checkpoint metadata).
     std::string to_json() const {
-        std::string out = "[";
-        for (std::size_t i = 0; i < tokens_.size(); ++i) {
-            if (i) out += ',';
-            out += detail::json_quote(tokens_[i]);
-        }
-        return out + "]";
+        io::Json list = io::Json::array();
+        for (const std::string& token : tokens_) list.push_back(io::Json(token));
+        return list.dump();
     }
     static CharTokenizer from_json(std::string_view json) {
-        return CharTokenizer(detail::JsonStringArrayReader(json, "CharTokenizer::from_json").read());
+        io::Json list;
+        try {
+            list = io::Json::parse(json);
+        } catch (const Error& e) {
+            throw Error(detail::concat("[CharTokenizer::from_json] invalid vocabulary JSON: ", e.what()));
+        }
+        SEEMOE_CHECK(list.is_array(), "[CharTokenizer::from_json] the vocabulary must be a JSON array of strings");
+        std::vector<std::string> tokens;
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            SEEMOE_CHECK(list.at(i).is_string(), "[CharTokenizer::from_json] entry ", i, " is not a string");
+            tokens.push_back(list.at(i).as_string());
+        }
+        return CharTokenizer(std::move(tokens));
     }
 
     bool operator==(const CharTokenizer& other) const { return tokens_ == other.tokens_; }
@@ -333,10 +189,8 @@ private:
             std::uint32_t cp = 0;
             std::size_t len = 0;
             SEEMOE_CHECK(!t.empty() && detail::next_code_point(t, 0, cp, len) && len == t.size(),
-                         "[CharTokenizer] token ", i, " (", detail::json_quote(t),
-                         ") is not exactly one UTF-8 character");
-            SEEMOE_CHECK(find(cp) < 0, "[CharTokenizer] token ", i, " (", detail::json_quote(t),
-                         ") appears twice in the vocabulary");
+                         "[CharTokenizer] token ", i, " (\"", t, "\") is not exactly one UTF-8 character");
+            SEEMOE_CHECK(find(cp) < 0, "[CharTokenizer] token ", i, " (\"", t, "\") appears twice in the vocabulary");
             if (cp < 0x80) {
                 ascii_[cp] = static_cast<Index>(i);
             } else {
