@@ -477,3 +477,16 @@ TEST_CASE("autograd: backward errors", "[core][autograd]") {
     // requires_grad_(false) is only for leaves.
     CHECK_THROWS_WITH(y.requires_grad_(false), Catch::Contains("[requires_grad_]"));
 }
+
+// GCC 12 with AVX-512 has stored wide constants as a broadcast of their low 8 bytes, so
+// {1,1,1,1,0,0,0,0} became eight 1.0s (CMakeLists.txt works around it). A test literal is where it
+// showed; this keeps a miscompiling toolchain from passing as a library bug elsewhere.
+TEST_CASE("toolchain: wide constant literals survive copying into tensors", "[core]") {
+    const Tensord a = Tensord::from_vector({8}, {1, 1, 1, 1, 0, 0, 0, 0});
+    CHECK(a.to_vector() == std::vector<double>{1, 1, 1, 1, 0, 0, 0, 0});
+    const Tensord b = Tensord::from_vector({4}, {1, 1, 0, 0});
+    CHECK(b.to_vector() == std::vector<double>{1, 1, 0, 0});
+    const Tensorf c = Tensorf::from_vector({16}, {3, 3, 3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0});
+    CHECK(c.at({8}) == 0.0f);
+    CHECK(c.at({7}) == 3.0f);
+}
