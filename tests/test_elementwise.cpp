@@ -206,6 +206,14 @@ TEST_CASE("binary op gradients: reductions over repeats, shared inputs, one-side
     CHECK_FALSE(a.has_grad());
     CHECK(b.grad().to_vector() == std::vector<double>{-3.0 / 4, -7.0 / 16});
 
+    // Empty tensors broadcast too, and their repeated inputs get zero gradient.
+    Tensord empty_rows = Tensord::zeros({0, 3}).requires_grad_();
+    Tensord row = Tensord::ones({3}).requires_grad_();
+    const Tensord empty_out = mul(empty_rows, row);
+    CHECK(empty_out.shape() == Shape{0, 3});
+    empty_out.backward(Tensord::zeros({0, 3}));
+    CHECK(row.grad().to_vector() == std::vector<double>(3, 0.0));
+
     // Under NoGradGuard no graph is built.
     NoGradGuard no_grad;
     CHECK_FALSE(add(x, bias).requires_grad());

@@ -247,6 +247,12 @@ inline std::string format_count(Index n) {
     return std::to_string(n);
 }
 
+// A title, then "  key              value" rows.
+inline void print_table(const std::string& title, const std::vector<std::pair<std::string, std::string>>& rows) {
+    std::printf("%s\n", title.c_str());
+    for (const auto& [key, value] : rows) std::printf("  %-16s %s\n", key.c_str(), value.c_str());
+}
+
 inline bool stdout_is_terminal() {
 #if defined(_WIN32)
     return _isatty(_fileno(stdout)) != 0;

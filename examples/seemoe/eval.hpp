@@ -83,21 +83,23 @@ inline int run_eval(int argc, char** argv) {
         print_examples(score, 5, /*mistakes_only=*/true);
     }
 
-    // Routing: share of the positions (visual tokens + caption tokens, teacher forced) each expert
-    // received per layer; each position goes to top-k experts, so a row sums to 100%.
+    // Routing: positions (visual tokens + caption tokens, teacher forced) each expert received,
+    // per layer. Each position goes to top-k experts, so a layer's counts add up to k x positions.
     const Index K = ck.model.config.decoder.top_k;
-    std::printf("positions routed to each expert (%% of the layer's tokens, each token counts top-%lld times)\n",
+    const std::size_t E = routing.empty() ? 0 : routing[0].size();
+    std::printf("tokens routed to each expert (count and share of the layer; each token goes to %lld experts)\n",
                 static_cast<long long>(K));
     std::printf("  layer");
-    for (std::size_t e = 0; e < (routing.empty() ? 0 : routing[0].size()); ++e) std::printf("  %7s", format("e%zu", e).c_str());
-    std::printf("  %10s\n", "positions");
+    for (std::size_t e = 0; e < E; ++e) std::printf("  %13s", format("expert %zu", e).c_str());
+    std::printf("\n");
     for (std::size_t l = 0; l < routing.size(); ++l) {
         Index total = 0;
         for (Index c : routing[l]) total += c;
         std::printf("  %5zu", l);
         for (Index c : routing[l])
-            std::printf("  %6.1f%%", total ? 100.0 * static_cast<double>(c) / static_cast<double>(total) : 0.0);
-        std::printf("  %10lld\n", static_cast<long long>(total / std::max<Index>(K, 1)));
+            std::printf("  %6lld %5.1f%%", static_cast<long long>(c),
+                        total ? 100.0 * static_cast<double>(c) / static_cast<double>(total) : 0.0);
+        std::printf("\n");
     }
     return 0;
 }

@@ -184,9 +184,4 @@ inline std::vector<std::pair<std::string, std::string>> describe_model(const VLM
     };
 }
 
-inline void print_table(const std::string& title, const std::vector<std::pair<std::string, std::string>>& rows) {
-    std::printf("%s\n", title.c_str());
-    for (const auto& [key, value] : rows) std::printf("  %-16s %s\n", key.c_str(), value.c_str());
-}
-
 }  // namespace cli

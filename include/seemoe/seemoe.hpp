@@ -5,7 +5,7 @@
 // link the CMake target seemoe::seemoe, and see README.md for a tour.
 #pragma once
 
-// core: Index, Error, Rng; shapes; the autograd graph; Tensor<T>; OpenMP helpers
+// core: Index, Error, Rng; shapes; the autograd graph; Tensor<T>; the thread pool
 #include "core/common.hpp"
 #include "core/shape.hpp"
 #include "core/autograd.hpp"
@@ -20,6 +20,7 @@
 #include "ops/indexing.hpp"
 #include "ops/functional.hpp"
 #include "ops/attention.hpp"
+#include "ops/moe.hpp"
 
 // nn: modules named like their PyTorch counterparts
 #include "nn/module.hpp"

@@ -17,10 +17,16 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <cstddef>
 #include <cstdlib>
+#include <cstdint>
 #include <cstring>
+#include <deque>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <unordered_set>
 #include <utility>
@@ -30,19 +36,149 @@
 
 namespace seemoe {
 
+namespace detail {
+
+// A process-wide cache of freed tensor buffers, so that a training loop, which allocates the
+// same activation and gradient sizes step after step, reuses warm memory instead of asking the
+// OS for fresh pages (a page fault per 4 KB, then a zero fill, is a large share of a step).
+// Buffers from kMinBytes up are rounded up to one of 8 size classes per power of two (at most
+// 12.5% slack) and, when freed, parked under their class; a request takes the most recently
+// parked buffer of its class or of a class at most 25% bigger. Smaller buffers go straight to
+// the heap. Shapes that change from step to step (the tokens each expert receives) would pile
+// up buffers of every size, so a request the cache cannot serve first returns the longest-parked
+// buffers to the system while live + parked bytes would exceed 9/8 of the largest live total
+// seen: the footprint stays near the largest working set. Thread-safe (one mutex) and bounded
+// by limit() parked bytes. The cache is never destroyed, so buffers freed during static
+// destruction still have somewhere to go.
+class BufferCache {
+public:
+    static constexpr std::size_t kMinBytes = std::size_t(1) << 16;
+#if defined(__SANITIZE_ADDRESS__)
+    // Under AddressSanitizer the cache is off by default, so a use after free is still caught.
+    static constexpr std::size_t kDefaultLimit = 0;
+#else
+    static constexpr std::size_t kDefaultLimit = std::size_t(1) << 30;
+#endif
+
+    static BufferCache& instance() {
+        static BufferCache* cache = new BufferCache();
+        return *cache;
+    }
+
+    // The bytes actually reserved for a request of `bytes`.
+    static std::size_t capacity_for(std::size_t bytes) {
+        if (bytes < kMinBytes) return (bytes + 63) / 64 * 64;
+        std::size_t octave = kMinBytes;
+        while (octave * 2 <= bytes) octave *= 2;
+        const std::size_t step = octave / 8;
+        return (bytes + step - 1) / step * step;
+    }
+
+    // A 64-byte aligned buffer of at least `capacity` (= capacity_for(bytes)) bytes. `capacity`
+    // is updated to the size of the buffer handed out, which the caller passes back to release().
+    void* allocate(std::size_t& capacity) {
+        if (capacity >= kMinBytes) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            auto it = parked_.lower_bound(capacity);
+            if (it != parked_.end() && it->first <= capacity + capacity / 4) {
+                capacity = it->first;
+                void* p = it->second.back().second;
+                it->second.pop_back();
+                if (it->second.empty()) parked_.erase(it);
+                parked_bytes_ -= capacity;
+                note_live(capacity);
+                return p;
+            }
+            const std::size_t budget = peak_live_ + peak_live_ / 8;
+            const std::size_t footprint = live_bytes_ + parked_bytes_ + capacity;
+            if (footprint > budget) free_oldest(footprint - budget);
+            note_live(capacity);
+        }
+        return ::operator new(capacity, std::align_val_t{64});
+    }
+
+    void release(void* p, std::size_t capacity) {
+        if (capacity >= kMinBytes) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            live_bytes_ -= capacity;
+            if (parked_bytes_ + capacity <= limit_) {
+                parked_[capacity].emplace_back(++clock_, p);
+                parked_bytes_ += capacity;
+                return;
+            }
+        }
+        ::operator delete(p, std::align_val_t{64});
+    }
+
+    // Parked bytes allowed; 0 turns the cache off. Lowering it frees what no longer fits.
+    void set_limit(std::size_t bytes) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        limit_ = bytes;
+        if (parked_bytes_ > limit_) free_oldest(parked_bytes_ - limit_);
+    }
+    std::size_t limit() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return limit_;
+    }
+    std::size_t parked_bytes() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return parked_bytes_;
+    }
+
+private:
+    BufferCache() = default;
+
+    void note_live(std::size_t capacity) {
+        live_bytes_ += capacity;
+        peak_live_ = std::max(peak_live_, live_bytes_);
+    }
+
+    // Returns at least `bytes` (or everything) of the longest-parked buffers to the system.
+    void free_oldest(std::size_t bytes) {
+        std::size_t freed = 0;
+        while (freed < bytes && !parked_.empty()) {
+            auto oldest = parked_.begin();
+            for (auto it = parked_.begin(); it != parked_.end(); ++it)
+                if (it->second.front().first < oldest->second.front().first) oldest = it;
+            ::operator delete(oldest->second.front().second, std::align_val_t{64});
+            freed += oldest->first;
+            parked_bytes_ -= oldest->first;
+            oldest->second.pop_front();
+            if (oldest->second.empty()) parked_.erase(oldest);
+        }
+    }
+
+    mutable std::mutex mutex_;
+    // capacity -> parked buffers, oldest first, each with the time it was parked
+    std::map<std::size_t, std::deque<std::pair<std::uint64_t, void*>>> parked_;
+    std::size_t parked_bytes_ = 0;
+    std::size_t live_bytes_ = 0;  // handed out and not yet released (cached sizes only)
+    std::size_t peak_live_ = 0;
+    std::size_t limit_ = kDefaultLimit;
+    std::uint64_t clock_ = 0;
+};
+
+}  // namespace detail
+
+// Bytes of freed tensor memory seemoe keeps for reuse (default 1 GiB); 0 turns the cache off and
+// frees what it holds. Peak memory is the largest working set plus at most this much.
+inline void set_buffer_cache_limit(std::size_t bytes) { detail::BufferCache::instance().set_limit(bytes); }
+// Bytes currently held by the cache (freed, ready for reuse).
+inline std::size_t buffer_cache_bytes() { return detail::BufferCache::instance().parked_bytes(); }
+
 // A flat, 64-byte aligned, uninitialised buffer of T. Shared (by shared_ptr) between a tensor
-// and its reshapes/detached views.
+// and its reshapes/detached views. The memory comes from (and returns to) the buffer cache.
 template <typename T>
 class Storage {
 public:
     explicit Storage(Index n) : size_(n) {
         if (n > 0) {
-            data_ = static_cast<T*>(::operator new(sizeof(T) * static_cast<std::size_t>(n),
-                                                   std::align_val_t{64}));
+            capacity_ = detail::BufferCache::capacity_for(sizeof(T) * static_cast<std::size_t>(n));
+            data_ = static_cast<T*>(detail::BufferCache::instance().allocate(capacity_));
         }
     }
     ~Storage() {
-        if (data_) ::operator delete(data_, std::align_val_t{64});
+        if (data_) detail::BufferCache::instance().release(data_, capacity_);
     }
     Storage(const Storage&) = delete;
     Storage& operator=(const Storage&) = delete;
@@ -54,6 +190,7 @@ public:
 private:
     T* data_ = nullptr;
     Index size_ = 0;
+    std::size_t capacity_ = 0;
 };
 
 template <typename T>
@@ -62,11 +199,14 @@ struct Node {
 
     Shape shape;
     std::shared_ptr<Storage<T>> value;  // the forward values, row-major
-    std::shared_ptr<Storage<T>> grad;   // dL/d(this), allocated (zeroed) on first use
+    std::shared_ptr<Storage<T>> grad;   // dL/d(this), allocated on first use
+    bool grad_is_zero = false;          // grad's contents are stale and stand for zeros
     bool requires_grad = false;
     bool retains_grad = false;          // keep grad of a non-leaf (Tensor::retain_grad)
+    bool backward_reads_value = false;  // the closure reads self.value (e.g. exp, softmax)
     const char* op = "leaf";
     bool released = false;              // an op result whose graph backward() already freed
+    std::atomic<int> handles{0};        // Tensor handles on this node (graph edges not counted)
     std::vector<std::shared_ptr<Node>> parents;
     BackwardFn backward_fn;
 
@@ -82,9 +222,34 @@ struct Node {
     T* grad_data() {
         if (!grad) {
             grad = std::make_shared<Storage<T>>(numel());
+            grad_is_zero = true;
+        }
+        if (grad_is_zero) {
             std::fill_n(grad->data(), numel(), T(0));
+            grad_is_zero = false;
         }
         return grad->data();
+    }
+
+    // For a closure that produces its whole contribution in one pass: the grad buffer, and in
+    // `overwrite` whether it holds nothing yet. Then the closure must WRITE every element
+    // (dst = contribution) instead of adding, which saves the zero fill and a read of the
+    // buffer; otherwise it adds as usual.
+    T* grad_data_for_write(bool& overwrite) {
+        if (!grad) {
+            grad = std::make_shared<Storage<T>>(numel());
+            grad_is_zero = true;
+        }
+        overwrite = grad_is_zero;
+        grad_is_zero = false;
+        return grad->data();
+    }
+
+    // The value buffer can go once no Tensor handle can reach this node and its own closure
+    // does not read it: the closures of its consumers hold (and share) whatever they saved.
+    // This is what frees the activations that backward never reads while the graph is alive.
+    void drop_value_if_unreachable() {
+        if (handles.load(std::memory_order_acquire) == 0 && backward_fn && !backward_reads_value) value.reset();
     }
 
     // Dropping a long chain by plain recursion (node -> parent -> parent ...) would overflow the
@@ -167,7 +332,10 @@ void run_backward(const std::shared_ptr<Node<T>>& root, const T* seed, bool reta
     // add it back at the end (so it accumulates across passes, as in torch).
     std::vector<std::pair<Node<T>*, std::shared_ptr<Storage<T>>>> earlier_grads;
     for (Node<T>* node : order) {
-        if (!node->is_leaf() && node->grad) earlier_grads.emplace_back(node, std::move(node->grad));
+        if (!node->is_leaf() && node->grad) {
+            if (!node->grad_is_zero) earlier_grads.emplace_back(node, std::move(node->grad));
+            node->grad.reset();
+        }
     }
     T* g = root->grad_data();
     const Index n = root->numel();
@@ -178,11 +346,17 @@ void run_backward(const std::shared_ptr<Node<T>>& root, const T* seed, bool reta
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
         Node<T>* node = *it;
         if (node->is_leaf()) continue;
-        if (node->grad && node->backward_fn) node->backward_fn(*node);  // a released node passes nothing on
+        if (node->grad && node->backward_fn) {  // a released node passes nothing on
+            if (node->grad_is_zero) node->grad_data();
+            node->backward_fn(*node);
+        }
         if (!node->retains_grad) node->grad.reset();
         if (!retain_graph) {
+            // Every consumer of this node ran before it: its values are needed only by handles.
+            const bool reachable = node->handles.load(std::memory_order_acquire) > 0;
             node->backward_fn = nullptr;  // frees the buffers the closure saved
             node->released = true;
+            if (!reachable) node->value.reset();
         }
     }
     for (auto& [node, earlier] : earlier_grads) {

@@ -40,7 +40,28 @@ public:
     using Scalar = T;
 
     Tensor() = default;  // an undefined tensor (defined() == false)
-    explicit Tensor(std::shared_ptr<Node<T>> node) : node_(std::move(node)) {}
+    explicit Tensor(std::shared_ptr<Node<T>> node) : node_(std::move(node)) { acquire(); }
+
+    // Handles are counted on the node, so that an activation nobody can reach any more (and
+    // that backward does not read) is freed at once rather than when the graph goes.
+    Tensor(const Tensor& other) : node_(other.node_) { acquire(); }
+    Tensor(Tensor&& other) noexcept : node_(std::move(other.node_)) {}
+    Tensor& operator=(const Tensor& other) {
+        if (node_ != other.node_) {
+            release();
+            node_ = other.node_;
+            acquire();
+        }
+        return *this;
+    }
+    Tensor& operator=(Tensor&& other) noexcept {
+        if (this != &other) {
+            release();
+            node_ = std::move(other.node_);
+        }
+        return *this;
+    }
+    ~Tensor() { release(); }
 
     // ---- factories -------------------------------------------------------------------------
     // Uninitialised values; for ops that overwrite every element.
@@ -148,15 +169,17 @@ public:
     // The accumulated gradient as a new tensor (zeros if none yet); copies, for inspection.
     Tensor grad() const {
         Tensor g = zeros(shape());
-        if (has_grad()) std::copy_n(checked().grad->data(), numel(), g.data());
+        if (has_grad() && !checked().grad_is_zero) std::copy_n(checked().grad->data(), numel(), g.data());
         return g;
     }
     // Direct access to the gradient buffer (allocated, zero-filled, on first use); optimisers
     // and tests that set a gradient use this.
     T* grad_data() { return checked().grad_data(); }
-    const T* grad_data_if_any() const { return has_grad() ? checked().grad->data() : nullptr; }
+    const T* grad_data_if_any() const { return has_grad() ? checked().grad_data() : nullptr; }
+    // Zeroes the gradient, keeping its buffer. The zero fill is deferred: the next backward that
+    // writes the whole gradient overwrites it instead, so a training loop never pays for it.
     void zero_grad() {
-        if (has_grad()) std::fill_n(checked().grad->data(), numel(), T(0));
+        if (has_grad()) checked().grad_is_zero = true;
     }
     // Drop the gradient buffer entirely (torch's zero_grad(set_to_none=True)).
     void reset_grad() { checked().grad.reset(); }
@@ -204,6 +227,13 @@ public:
     }
 
 private:
+    void acquire() {
+        if (node_) node_->handles.fetch_add(1, std::memory_order_relaxed);
+    }
+    void release() {
+        if (node_ && node_->handles.fetch_sub(1, std::memory_order_acq_rel) == 1) node_->drop_value_if_unreachable();
+    }
+
     Node<T>& checked() const {
         SEEMOE_CHECK(node_, "[Tensor] use of an undefined tensor");
         return *node_;

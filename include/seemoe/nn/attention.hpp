@@ -81,7 +81,7 @@ public:
 
         Tensor<T> heads = Tensor<T>::empty({B, Tn, C});                    // (B, Tn, C)
         const T scale = T(1) / std::sqrt(static_cast<T>(D));
-        parallel_for(B * H, [&](Index bh) {
+        auto one_head = [&](Index bh) {
             const Index b = bh / H, h = bh % H;
             std::vector<T> scores(static_cast<std::size_t>(total));
             for (Index t = 0; t < Tn; ++t) {
@@ -105,7 +105,13 @@ public:
                     for (Index d = 0; d < D; ++d) out[d] += w * v[d];
                 }
             }
-        });
+        };
+        // One new token attends over a few dozen keys: far less work than waking a thread.
+        if (B * Tn * total * C >= (Index(1) << 16)) {
+            parallel_for(B * H, one_head);
+        } else {
+            for (Index bh = 0; bh < B * H; ++bh) one_head(bh);
+        }
         return proj.forward(heads);                                       // (B, Tn, C)
     }
 

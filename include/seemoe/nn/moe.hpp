@@ -7,8 +7,11 @@
 // with the others set to -inf.
 //
 // Dispatch is sparse: tokens are grouped by expert, each expert runs ONE GEMM pair over the rows it
-// received (gathered with index_select), its output is scaled by the gates and scatter-added back
-// (index_add). The cost follows the K active experts, not all E.
+// received, its output is scaled by the gates and added back into the token's row. The cost
+// follows the K active experts, not all E. forward() does all of that in the fused op
+// moe_experts (ops/moe.hpp: one graph node, experts in parallel); forward_composed() builds the
+// same computation from index_select, the expert modules, mul and index_add, and is what runs when
+// the experts are not plain ReLU MLPs with one dropout probability.
 #pragma once
 
 #include <string>
@@ -17,6 +20,7 @@
 #include "../ops/elementwise.hpp"
 #include "../ops/functional.hpp"
 #include "../ops/indexing.hpp"
+#include "../ops/moe.hpp"
 #include "../ops/shape_ops.hpp"
 #include "mlp.hpp"
 
@@ -80,6 +84,29 @@ public:
     }
 
     Tensor<T> forward(const Tensor<T>& x, Rng& rng) const {                  // x (..., C)
+        if (!fusable()) return forward_composed(x, rng);
+        const Index C = x.size(-1), N = x.numel() / C, E = num_experts();
+        Tensor<T> tokens = reshape(x, {N, C});                                // (N, C)
+        Routing<T> routing = router.forward(tokens, rng);                     // gates (N, K)
+        last_tokens_per_expert.assign(E, 0);
+        for (Index e : routing.experts) ++last_tokens_per_expert[e];
+        std::vector<Tensor<T>> w1, b1, w2, b2;
+        for (const auto& expert : experts) {
+            w1.push_back(expert.fc1.weight);
+            b1.push_back(expert.fc1.bias);
+            w2.push_back(expert.fc2.weight);
+            b2.push_back(expert.fc2.bias);
+        }
+        const Dropout<T>& drop = experts.front().drop;
+        Tensor<T> out = moe_experts(tokens, routing.gates, routing.experts, w1, b1, w2, b2, drop.p,
+                                    drop.is_training(), rng);                  // (N, C)
+        return reshape(out, x.shape());                                       // (..., C)
+    }
+
+    // The same computation as forward(), one graph node per op: per expert index_select, the
+    // expert module, the gate product and index_add. The reference the fused op is tested
+    // against, and the path for experts the fused op does not cover.
+    Tensor<T> forward_composed(const Tensor<T>& x, Rng& rng) const {         // x (..., C)
         const Index C = x.size(-1), N = x.numel() / C, E = num_experts();
         Tensor<T> tokens = reshape(x, {N, C});                                // (N, C)
         Routing<T> routing = router.forward(tokens, rng);                     // gates (N, K)
@@ -110,6 +137,21 @@ public:
     }
 
     Index num_experts() const { return static_cast<Index>(experts.size()); }
+
+    // Whether moe_experts computes exactly what the expert modules would: ReLU MLPs of one
+    // hidden width, one dropout probability and one train/eval mode.
+    bool fusable() const {
+        if (experts.empty()) return false;
+        const Expert<T>& first = experts.front();
+        for (const auto& expert : experts) {
+            if (expert.act != Activation::ReLU || expert.drop.p != first.drop.p ||
+                expert.drop.is_training() != first.drop.is_training() ||
+                expert.fc1.weight.shape() != first.fc1.weight.shape() ||
+                expert.fc2.weight.shape() != first.fc2.weight.shape())
+                return false;
+        }
+        return true;
+    }
 
     NoisyTopkRouter<T> router;
     std::vector<Expert<T>> experts;

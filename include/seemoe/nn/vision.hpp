@@ -101,6 +101,25 @@ public:
         return add(h, mlp.forward(ln2.forward(h), rng));                           // (B, T, C)
     }
 
+    // The block's output for token 0 alone (B, 1, C): every token still gives its key and value,
+    // but only token 0 asks a query, so proj and the MLP run on one row per image instead of T.
+    // Equals slice(forward(x, rng), 1, 0, 1) whenever dropout is off (eval mode or p = 0); with
+    // dropout on it would draw fewer random numbers than forward, so callers use it only then.
+    Tensor<T> forward_first_token(const Tensor<T>& x, Rng& rng) const {            // (B, T, C)
+        const Index B = x.size(0), C = x.size(2), H = attn.n_heads, D = C / H;
+        const Index keys = attn.causal ? 1 : x.size(1);  // causal: token 0 sees itself only
+        Tensor<T> q_k_v = attn.qkv.forward(ln1.forward(x));                        // (B, T, 3C)
+        auto heads = [&](Index part, Index rows) {
+            Tensor<T> t = narrow(narrow(q_k_v, 1, 0, rows), 2, part * C, C);       // (B, rows, C)
+            return permute(reshape(t, {B, rows, H, D}), {0, 2, 1, 3});             // (B, H, rows, D)
+        };
+        Tensor<T> y = scaled_dot_product_attention(heads(0, 1), heads(1, keys), heads(2, keys),
+                                                   false);                          // (B, H, 1, D)
+        y = reshape(permute(y, {0, 2, 1, 3}), {B, 1, C});                         // (B, 1, C)
+        Tensor<T> h = add(narrow(x, 1, 0, 1), attn.drop.forward(attn.proj.forward(y), rng));  // (B, 1, C)
+        return add(h, mlp.forward(ln2.forward(h), rng));                          // (B, 1, C)
+    }
+
     LayerNorm<T> ln1;
     MultiHeadAttention<T> attn;
     LayerNorm<T> ln2;
@@ -155,6 +174,22 @@ public:
         x = drop.forward(x, rng);
         for (const auto& block : blocks) x = block.forward(x, rng);                 // (B, 1+P, D)
         return layer_norm.forward(x);                                               // (B, 1+P, D)
+    }
+
+    // The CLS feature alone, (B, 1, D) = slice(forward(images, rng), 1, 0, 1), computed with the
+    // last block's proj and MLP on the CLS row only (see Block::forward_first_token). Only when
+    // dropout is off (eval mode or dropout 0); otherwise it runs forward() and slices.
+    Tensor<T> forward_cls(const Tensor<T>& images, Rng& rng) const {
+        if ((this->is_training() && config.dropout > 0) || blocks.empty())
+            return slice(forward(images, rng), 1, 0, 1);                            // (B, 1, D)
+        Tensor<T> patches = patch_embedding.forward(images);                        // (B, P, D)
+        const Index B = patches.size(0), D = config.dim;
+        Tensor<T> cls = add(Tensor<T>::zeros({B, 1, D}), cls_token);               // (B, 1, D)
+        Tensor<T> x = add(concat(std::vector<Tensor<T>>{cls, patches}, 1), pos_embedding);  // (B, 1+P, D)
+        x = drop.forward(x, rng);
+        for (std::size_t i = 0; i + 1 < blocks.size(); ++i) x = blocks[i].forward(x, rng);  // (B, 1+P, D)
+        x = blocks.back().forward_first_token(x, rng);                              // (B, 1, D)
+        return layer_norm.forward(x);                                               // (B, 1, D)
     }
 
     ViTConfig config;

@@ -90,11 +90,13 @@ public:
 
     // images (B, 3, S, S) -> visual tokens (B, Tv, C)
     Tensor<T> encode_images(const Tensor<T>& images, Rng& rng) const {
-        Tensor<T> features = vision_encoder.forward(images, rng);            // (B, 1+P, D)
-        if (config.visual_tokens == VisualTokens::CLS)
-            features = slice(features, 1, 0, 1);                             // (B, 1, D)
-        else
+        Tensor<T> features;
+        if (config.visual_tokens == VisualTokens::CLS) {
+            features = vision_encoder.forward_cls(images, rng);              // (B, 1, D)
+        } else {
+            features = vision_encoder.forward(images, rng);                  // (B, 1+P, D)
             features = slice(features, 1, 1, features.size(1));              // (B, P, D)
+        }
         return projector.forward(features, rng);                             // (B, Tv, C)
     }
 

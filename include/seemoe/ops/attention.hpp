@@ -92,15 +92,31 @@ void attention_forward(const AttentionGeometry& g, const T* q, const T* k, const
 // because every (b, h) writes only its own head slice) from dout and the saved probabilities:
 //   dV += P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(P * dP)),
 //   dQ += dS K / sqrt(D),  dK += dS^T Q / sqrt(D).
+// An operand flagged `assign` holds nothing yet and is written instead (every element of q, k
+// and v belongs to exactly one head, so each is written once).
+struct AttentionGradWrite {
+    bool q = false, k = false, v = false;
+};
+
+template <typename Dst, typename Expr>
+void write_or_add(Dst&& dst, const Expr& expr, bool assign) {
+    if (assign) {
+        dst.noalias() = expr;
+    } else {
+        dst.noalias() += expr;
+    }
+}
+
 template <typename T>
 void attention_backward(const AttentionGeometry& g, const T* q, const T* k, const T* v,
-                        const T* probs, const T* dout, T* dq, T* dk, T* dv) {
+                        const T* probs, const T* dout, T* dq, T* dk, T* dv,
+                        AttentionGradWrite assign = {}) {
     const T scale = T(1) / std::sqrt(static_cast<T>(g.D));
     parallel_for(g.B * g.H, [&](Index bh) {
         const Index b = bh / g.H, h = bh % g.H;
         const ConstMatrixMap<T> P(probs + bh * g.T * g.S, g.T, g.S);  // (T, S)
         const auto dY = const_head(dout, g.out, b, h, g.T, g.Dv);       // (T, Dv)
-        if (dv) mutable_head(dv, g.v, b, h, g.S, g.Dv).noalias() += P.transpose() * dY;  // (S, Dv)
+        if (dv) write_or_add(mutable_head(dv, g.v, b, h, g.S, g.Dv), P.transpose() * dY, assign.v);  // (S, Dv)
         if (!dq && !dk) return;
         const auto V = const_head(v, g.v, b, h, g.S, g.Dv);  // (S, Dv)
         MatrixRM<T> dS = dY * V.transpose();                 // (T, S), dL/dP for now
@@ -110,11 +126,11 @@ void attention_backward(const AttentionGeometry& g, const T* q, const T* k, cons
         }
         if (dq) {
             const auto K = const_head(k, g.k, b, h, g.S, g.D);  // (S, D)
-            mutable_head(dq, g.q, b, h, g.T, g.D).noalias() += (dS * K) * scale;  // (T, D)
+            write_or_add(mutable_head(dq, g.q, b, h, g.T, g.D), (dS * K) * scale, assign.q);  // (T, D)
         }
         if (dk) {
             const auto Q = const_head(q, g.q, b, h, g.T, g.D);  // (T, D)
-            mutable_head(dk, g.k, b, h, g.S, g.D).noalias() += (dS.transpose() * Q) * scale;  // (S, D)
+            write_or_add(mutable_head(dk, g.k, b, h, g.S, g.D), (dS.transpose() * Q) * scale, assign.k);  // (S, D)
         }
     });
 }
@@ -199,9 +215,12 @@ Tensor<T> self_attention(const Tensor<T>& qkv, Index n_heads, bool causal) {
     detail::set_backward(out, [g, probs, qkv_node = detail::grad_target(qkv),
                                qkv_values = qkv.storage()](Node<T>& self) {
         if (!qkv_node) return;
-        T* dqkv = qkv_node->grad_data();  // q, k, v gradients land in their slices of one buffer
+        // q, k, v gradients land in their slices of one buffer, each element written once.
+        bool assign = false;
+        T* dqkv = qkv_node->grad_data_for_write(assign);
         const T* x = qkv_values->data();
-        detail::attention_backward(g, x, x, x, probs->data(), self.grad->data(), dqkv, dqkv, dqkv);
+        detail::attention_backward(g, x, x, x, probs->data(), self.grad->data(), dqkv, dqkv, dqkv,
+                                   {assign, assign, assign});
     });
     return out;
 }

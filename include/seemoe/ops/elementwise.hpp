@@ -20,6 +20,7 @@
 #include <unsupported/Eigen/SpecialFunctions>  // Array::erf() for gelu (vectorised for float)
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -184,9 +185,15 @@ void for_each_row(const BroadcastPlan& plan, const T* a, const T* b, Body&& body
 // Adds one row of gradient into an input's grad, summing over the axes the input was repeated
 // along (a Row input collects every row; Col and One inputs collect whole rows into one value).
 template <typename T, typename RowExpr>
-void accumulate_row(T* grad, Cover cover, Index i, Index cols, const RowExpr& row) {
+void accumulate_row(T* grad, Cover cover, Index i, Index cols, const RowExpr& row, bool assign = false) {
     switch (cover) {
-        case Cover::Full: ElemArray<T>(grad + i * cols, cols) += row; break;
+        case Cover::Full:
+            if (assign) {
+                ElemArray<T>(grad + i * cols, cols) = row;
+            } else {
+                ElemArray<T>(grad + i * cols, cols) += row;
+            }
+            break;
         case Cover::Row: ElemArray<T>(grad, cols) += row; break;
         case Cover::Col: grad[i] += row.sum(); break;
         case Cover::One: grad[0] += row.sum(); break;
@@ -257,7 +264,16 @@ void binary_forward(const BroadcastPlan& plan, const T* a, const T* b, T* y) {
 // grad += dL/da (for_a) or dL/db, reduced to that input's shape. `a` and `b` are the input
 // values, null when Op does not need them.
 template <typename Op, bool for_a, typename T>
-void binary_backward(const BroadcastPlan& plan, const T* g, const T* a, const T* b, T* grad) {
+void binary_backward(const BroadcastPlan& plan, const T* g, const T* a, const T* b, Node<T>& target) {
+    // A grad that holds nothing yet is written rather than added to where each element gets
+    // exactly one contribution (the input had the output's shape); elsewhere it starts at zero.
+    const Cover cover = for_a ? plan.a : plan.b;
+    bool assign = false;
+    T* grad = target.grad_data_for_write(assign);
+    if (assign && (plan.strided || cover != Cover::Full || numel(plan.out) == 0)) {
+        std::fill_n(grad, target.numel(), T(0));
+        assign = false;
+    }
     if (numel(plan.out) == 0) return;
     auto partial = [](const auto& dy, const auto& x, const auto& z) {
         if constexpr (for_a) {
@@ -275,14 +291,14 @@ void binary_backward(const BroadcastPlan& plan, const T* g, const T* a, const T*
         return;
     }
     const Index cols = plan.cols;
-    const Cover cover = for_a ? plan.a : plan.b;
     auto g_row = [g, cols](Index i) { return ConstElemArray<T>(g + i * cols, cols); };
     if constexpr (Op::needs_values) {
         for_each_row(plan, a, b, [&](Index i, const auto& x, const auto& z) {
-            accumulate_row(grad, cover, i, cols, partial(g_row(i), x, z));
+            accumulate_row(grad, cover, i, cols, partial(g_row(i), x, z), assign);
         });
     } else {
-        for (Index i = 0; i < plan.rows; ++i) accumulate_row(grad, cover, i, cols, partial(g_row(i), T(0), T(0)));
+        for (Index i = 0; i < plan.rows; ++i)
+            accumulate_row(grad, cover, i, cols, partial(g_row(i), T(0), T(0)), assign);
     }
 }
 
@@ -301,8 +317,17 @@ Tensor<T> binary_op(const Tensor<T>& a, const Tensor<T>& b) {
         const T* g = self.grad->data();
         const T* x = a_values ? a_values->data() : nullptr;
         const T* z = b_values ? b_values->data() : nullptr;
-        if (a_node) binary_backward<Op, true>(plan, g, x, z, a_node->grad_data());
-        if (b_node) binary_backward<Op, false>(plan, g, x, z, b_node->grad_data());
+        if (a_node) binary_backward<Op, true>(plan, g, x, z, *a_node);
+        if (b_node) {
+            // The residual add's second input takes dL/dout as it is: hand the buffer over.
+            if (std::is_same_v<Op, AddOp> && plan.b == Cover::Full && !plan.strided && !b_node->grad &&
+                !self.retains_grad && b_node->numel() == self.numel()) {
+                b_node->grad = std::move(self.grad);
+                b_node->grad_is_zero = false;
+                return;
+            }
+            binary_backward<Op, false>(plan, g, x, z, *b_node);
+        }
     });
     return out;
 }
@@ -315,7 +340,8 @@ enum class UnaryKeeps { Input, Output };
 
 // The skeleton of every pointwise op: forward(y, x) fills the output map y from the input map x;
 // grad(dx, dy, saved) adds dL/dx into the map dx given dL/dy, where `saved` is x or y as `keeps`
-// says. Both work on whole-buffer Eigen array maps. (Eigen vectorises arithmetic, exp, log, tanh,
+// says (a functor taking a fourth argument, `assign`, is told when it may write dx instead).
+// Both work on whole-buffer Eigen array maps. (Eigen vectorises arithmetic, exp, log, tanh,
 // erf, ... but not comparisons or select(), which run one scalar at a time; ops that branch per
 // element do so in plain loops the compiler can vectorise.)
 template <typename T, typename Forward, typename Grad>
@@ -326,12 +352,22 @@ Tensor<T> elementwise_unary(const Tensor<T>& a, const char* name, UnaryKeeps kee
     ElemArray<T> y(out.data(), n);
     forward(y, ConstElemArray<T>(a.data(), n));
     std::shared_ptr<Storage<T>> input = keeps == UnaryKeeps::Input ? a.storage() : nullptr;
+    out.node()->backward_reads_value = keeps == UnaryKeeps::Output;
     set_backward(out, [a_node = grad_target(a), input = std::move(input), grad](Node<T>& self) {
         if (!a_node) return;
         const Index count = self.numel();
         const T* saved = input ? input->data() : self.value->data();
-        ElemArray<T> dx(a_node->grad_data(), count);
-        grad(dx, ConstElemArray<T>(self.grad->data(), count), ConstElemArray<T>(saved, count));
+        const ConstElemArray<T> dy(self.grad->data(), count), kept(saved, count);
+        if constexpr (std::is_invocable_v<Grad&, ElemArray<T>&, const ConstElemArray<T>&,
+                                          const ConstElemArray<T>&, bool>) {
+            // The functor can write dx outright when it holds nothing yet (no zero fill).
+            bool assign = false;
+            ElemArray<T> dx(a_node->grad_data_for_write(assign), count);
+            grad(dx, dy, kept, assign);
+        } else {
+            ElemArray<T> dx(a_node->grad_data(), count);
+            grad(dx, dy, kept);
+        }
     });
     return out;
 }
@@ -524,9 +560,13 @@ Tensor<T> gelu(const Tensor<T>& a) {
     return detail::elementwise_unary(
         a, "gelu", detail::UnaryKeeps::Input,
         [inv_sqrt2](auto& y, const auto& x) { y = T(0.5) * x * (T(1) + (x * inv_sqrt2).erf()); },
-        [inv_sqrt2, inv_sqrt_2pi](auto& dx, const auto& dy, const auto& x) {
-            dx += dy * (T(0.5) * (T(1) + (x * inv_sqrt2).erf()) +
-                        x * inv_sqrt_2pi * (T(-0.5) * x.square()).exp());
+        [inv_sqrt2, inv_sqrt_2pi](auto& dx, const auto& dy, const auto& x, bool assign) {
+            const auto slope = T(0.5) * (T(1) + (x * inv_sqrt2).erf()) + x * inv_sqrt_2pi * (T(-0.5) * x.square()).exp();
+            if (assign) {
+                dx = dy * slope;
+            } else {
+                dx += dy * slope;
+            }
         });
 }
 

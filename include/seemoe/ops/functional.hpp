@@ -138,12 +138,19 @@ Tensor<T> softmax_op(const Tensor<T>& a, Index axis, bool log, const char* op) {
     const AxisSplit split = split_at_axis(a.shape(), normalize_axis(axis, a.dim(), op));
     Tensor<T> out = make_op_result<T>(a.shape(), op, {&a});  // same shape as a
     softmax_forward(a.data(), out.data(), split, log);
+    out.node()->backward_reads_value = true;
     set_backward(out, [a_node = grad_target(a), split, log](Node<T>& self) {
         if (!a_node) return;
         // Both gradients are functions of the output alone, so the input values are not kept.
         softmax_backward(self.value->data(), self.grad->data(), a_node->grad_data(), split, log);
     });
     return out;
+}
+
+// keep[i] = 1 with probability 1 - p, one uniform draw per element in order: the dropout mask
+// (shared by dropout and the fused MoE experts, so both consume the Rng identically).
+inline void draw_dropout_keep(unsigned char* keep, Index n, double p, Rng& rng) {
+    for (Index i = 0; i < n; ++i) keep[i] = rng.uniform() >= p ? 1 : 0;
 }
 
 }  // namespace detail
@@ -288,7 +295,8 @@ Tensor<T> layer_norm(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T
         const T* xd = x_values->data();
         const T* w = w_values ? w_values->data() : nullptr;
         const T* dy = self.grad->data();
-        T* dx = x_node ? x_node->grad_data() : nullptr;
+        bool assign = false;  // dx holds nothing yet: write it instead of adding (no zero fill)
+        T* dx = x_node ? x_node->grad_data_for_write(assign) : nullptr;
         // dweight and dbias sum over all rows: each block sums its rows into its own slot,
         // then the slots are added in block order (deterministic for any thread count).
         const detail::RowBlocks blocks = detail::row_blocks(N, C);
@@ -310,8 +318,11 @@ Tensor<T> layer_norm(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T
                 }
                 const T mean_dxhat = dxhat.mean();
                 const T mean_dxhat_xhat = (dxhat * xhat).mean();
-                VectorMap<T>(dx + r * C, C).array() +=
-                    row_rstd[r] * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+                if (assign) {
+                    VectorMap<T>(dx + r * C, C).array() = row_rstd[r] * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+                } else {
+                    VectorMap<T>(dx + r * C, C).array() += row_rstd[r] * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+                }
             }
         });
         auto add_blocks = [&](const std::vector<T>& partial, Node<T>& target) {
@@ -337,7 +348,7 @@ Tensor<T> dropout(const Tensor<T>& x, typename Tensor<T>::Scalar p, bool trainin
     const Index n = x.numel();
     const T scale = p < 1 ? T(1) / (T(1) - p) : T(0);
     std::vector<unsigned char> keep(static_cast<std::size_t>(n));  // same shape as x, flattened
-    for (Index i = 0; i < n; ++i) keep[i] = rng.uniform() >= static_cast<double>(p) ? 1 : 0;
+    detail::draw_dropout_keep(keep.data(), n, static_cast<double>(p), rng);
 
     Tensor<T> out = detail::make_op_result<T>(x.shape(), "dropout", {&x});  // same shape as x
     const T* xd = x.data();
@@ -349,8 +360,13 @@ Tensor<T> dropout(const Tensor<T>& x, typename Tensor<T>::Scalar p, bool trainin
             if (!x_node) return;
             const Index n = self.numel();
             const T* dy = self.grad->data();
-            T* dx = x_node->grad_data();
-            for (Index i = 0; i < n; ++i) dx[i] += keep[i] ? dy[i] * scale : T(0);
+            bool assign = false;  // dx holds nothing yet: write it instead of adding
+            T* dx = x_node->grad_data_for_write(assign);
+            if (assign) {
+                for (Index i = 0; i < n; ++i) dx[i] = keep[i] ? dy[i] * scale : T(0);
+            } else {
+                for (Index i = 0; i < n; ++i) dx[i] += keep[i] ? dy[i] * scale : T(0);
+            }
         });
     }
     return out;

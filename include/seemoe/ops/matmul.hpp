@@ -20,9 +20,11 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
+#include "gemm_kernel.hpp"
 
 namespace seemoe {
 namespace detail {
@@ -58,18 +60,86 @@ void with_gemm_operand(const GemmOperand<T>& op, Fn&& fn) {
     }
 }
 
+// Multiply-adds each thread should get before a product is split over threads: below that the
+// fork and join cost more than they save.
+inline constexpr Index kGemmWorkPerThread = Index(1) << 20;
+// Products with fewer result rows than this run as one matrix-vector product per row.
+inline constexpr Index kSmallGemmRows = 8;
+
+// How many threads one product of `work` multiply-adds is split over (1 inside a parallel
+// region: regions never nest).
+inline Index gemm_threads(Index work) {
+    if (in_parallel_region()) return 1;
+    return std::max<Index>(1, std::min<Index>(num_threads(), work / kGemmWorkPerThread));
+}
+
 // dst = lhs * rhs, or dst += lhs * rhs when `accumulate`; dst is row-major and contiguous.
+// A big product is cut into one block of the result per thread, each computed on its thread
+// alone: one fork and one join per product. (Eigen's own threading synchronises the threads with
+// spin-waits after every packed panel, which collapses when the cores are shared with other
+// work, so seemoe keeps it switched off; see core/parallel.hpp.) The cut goes across the bigger
+// operand, so each thread packs only its share of it and the whole of the smaller one. Float
+// products use the AVX-512 kernel of gemm_kernel.hpp when the build targets it, others Eigen.
 template <typename T>
 void gemm(T* dst, const GemmOperand<T>& lhs, const GemmOperand<T>& rhs, bool accumulate) {
-    MatrixMap<T> out(dst, lhs.product_rows(), rhs.product_cols());
-    with_gemm_operand(lhs, [&](const auto& l) {
-        with_gemm_operand(rhs, [&](const auto& r) {
-            if (accumulate) {
-                out.noalias() += l * r;
-            } else {
-                out.noalias() = l * r;
-            }
-        });
+    const Index M = lhs.product_rows(), K = lhs.product_cols(), N = rhs.product_cols();
+    // Rows [r0, r0 + rows) x columns [c0, c0 + cols) of the result.
+    auto block = [&](Index r0, Index rows, Index c0, Index cols) {
+        if (rows < kSmallGemmRows) {
+            // A few rows (a token at a time in generation): packing op(B) would cost as much as
+            // the product itself, so each row is one matrix-vector product straight from op(B).
+            MatrixMap<T> out(dst, M, N);
+            with_gemm_operand(lhs, [&](const auto& l) {
+                with_gemm_operand(rhs, [&](const auto& r) {
+                    for (Index i = r0; i < r0 + rows; ++i) {
+                        auto o = out.row(i).segment(c0, cols);
+                        if (accumulate) {
+                            o.noalias() += l.row(i) * r.middleCols(c0, cols);
+                        } else {
+                            o.noalias() = l.row(i) * r.middleCols(c0, cols);
+                        }
+                    }
+                });
+            });
+        } else if constexpr (std::is_same_v<T, float> && kSgemmKernelAvailable) {
+            // Row r0 of op(A) and column c0 of op(B), in each operand's stored layout.
+            const SgemmOperand a{lhs.transposed ? lhs.data + r0 : lhs.data + r0 * lhs.cols, lhs.cols,
+                                 lhs.transposed};
+            const SgemmOperand b{rhs.transposed ? rhs.data + c0 * rhs.cols : rhs.data + c0, rhs.cols,
+                                 rhs.transposed};
+            sgemm_kernel(rows, cols, K, a, b, dst + r0 * N + c0, N, accumulate);
+        } else {
+            MatrixMap<T> out(dst, M, N);
+            with_gemm_operand(lhs, [&](const auto& l) {
+                with_gemm_operand(rhs, [&](const auto& r) {
+                    auto o = out.block(r0, c0, rows, cols);
+                    if (accumulate) {
+                        o.noalias() += l.middleRows(r0, rows) * r.middleCols(c0, cols);
+                    } else {
+                        o.noalias() = l.middleRows(r0, rows) * r.middleCols(c0, cols);
+                    }
+                });
+            });
+        }
+    };
+    const Index threads = gemm_threads(M * K * N);
+    if (threads <= 1) {
+        block(0, M, 0, N);
+        return;
+    }
+    const bool split_cols = N > M;  // rhs (K, N) is the bigger operand
+    const Index extent = split_cols ? N : M;
+    // Column blocks start on whole cache lines (16 floats) so every thread writes its own lines.
+    const Index align = split_cols ? 16 : 1;
+    const Index chunk = ((extent + threads - 1) / threads + align - 1) / align * align;
+    parallel_for(threads, [&](Index t) {
+        const Index start = std::min(extent, t * chunk), len = std::min(extent, start + chunk) - start;
+        if (len <= 0) return;
+        if (split_cols) {
+            block(0, M, start, len);
+        } else {
+            block(start, len, 0, N);
+        }
     });
 }
 
@@ -153,36 +223,40 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a = fals
         const T* dC = self.grad->data();
         // With C = op(A) op(B):  d op(A) = dC op(B)^T  and  d op(B) = op(A)^T dC; an operand
         // stored transposed receives the transpose of that, which swaps the factors.
+        // A grad that holds nothing yet is written rather than added to (no zero fill).
         if (a_node) {
-            T* dA = a_node->grad_data();
+            bool overwrite = false;
+            T* dA = a_node->grad_data_for_write(overwrite);
             const T* B = b_values->data();
             detail::for_each_gemm(gemms, work, [&](Index i) {
                 const detail::GemmOperand<T> d_c{dC + i * c_step, c_rows, N, false};
                 const detail::GemmOperand<T> op_b{B + i * b_step, b_rows, b_cols, transpose_b};
                 if (transpose_a) {
-                    detail::gemm(dA + i * a_step, op_b, d_c.t(), true);  // (K, M)
+                    detail::gemm(dA + i * a_step, op_b, d_c.t(), !overwrite);  // (K, M)
                 } else {
-                    detail::gemm(dA + i * a_step, d_c, op_b.t(), true);  // (M, K)
+                    detail::gemm(dA + i * a_step, d_c, op_b.t(), !overwrite);  // (M, K)
                 }
             });
         }
         if (b_node) {
-            T* dB = b_node->grad_data();
+            bool overwrite = false;
+            T* dB = b_node->grad_data_for_write(overwrite);
             const T* A = a_values->data();
-            auto one_item = [&](Index i) {
+            auto one_item = [&](Index i, bool add) {
                 const detail::GemmOperand<T> d_c{dC + i * c_step, c_rows, N, false};
                 const detail::GemmOperand<T> op_a{A + i * a_step, a_stored_rows, a_cols, transpose_a};
                 if (transpose_b) {
-                    detail::gemm(dB + i * b_step, d_c.t(), op_a, true);  // (N, K)
+                    detail::gemm(dB + i * b_step, d_c.t(), op_a, add);  // (N, K)
                 } else {
-                    detail::gemm(dB + i * b_step, op_a.t(), d_c, true);  // (K, N)
+                    detail::gemm(dB + i * b_step, op_a.t(), d_c, add);  // (K, N)
                 }
             };
             if (b_shared) {
                 // Every item adds into the same dB, so the items run one after the other.
-                for (Index i = 0; i < gemms; ++i) one_item(i);
+                for (Index i = 0; i < gemms; ++i) one_item(i, !overwrite || i > 0);
+                if (gemms == 0 && overwrite) std::fill_n(dB, b_rows * b_cols, T(0));
             } else {
-                detail::for_each_gemm(gemms, work, one_item);
+                detail::for_each_gemm(gemms, work, [&](Index i) { one_item(i, !overwrite); });
             }
         }
     });
@@ -234,19 +308,24 @@ Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& b
     detail::set_backward(y, [=](Node<T>& self) {
         const T* dY = self.grad->data();
         const detail::GemmOperand<T> d_y{dY, n_rows, out_features, false};  // (N_rows, out)
+        // A grad that holds nothing yet is written rather than added to (no zero fill).
+        bool overwrite = false;
         if (x_node) {
             // dX = dY W: (N_rows, out) x (out, in)
             const detail::GemmOperand<T> w{w_values->data(), out_features, in_features, false};
-            detail::gemm(x_node->grad_data(), d_y, w, true);
+            T* dX = x_node->grad_data_for_write(overwrite);
+            detail::gemm(dX, d_y, w, !overwrite);
         }
         if (w_node) {
             // dW = dY^T X: (out, N_rows) x (N_rows, in)
             const detail::GemmOperand<T> x_in{x_values->data(), n_rows, in_features, false};
-            detail::gemm(w_node->grad_data(), d_y.t(), x_in, true);
+            T* dW = w_node->grad_data_for_write(overwrite);
+            detail::gemm(dW, d_y.t(), x_in, !overwrite);
         }
         if (b_node) {
             // db = column sums of dY, summed row by row so every add is a contiguous vector add.
-            VectorMap<T> db(b_node->grad_data(), out_features);
+            VectorMap<T> db(b_node->grad_data_for_write(overwrite), out_features);
+            if (overwrite) db.setZero();
             const ConstMatrixMap<T> dy(dY, n_rows, out_features);
             for (Index r = 0; r < n_rows; ++r) db += dy.row(r).transpose();
         }

@@ -3,7 +3,7 @@
 //   sum(a), mean(a)                    -> a scalar tensor of shape ()
 //   sum(a, axis, keepdim), mean(...)   -> the axis removed, or kept with size 1
 //   max(a, axis = -1, keepdim)         -> the largest values; the gradient goes to the FIRST
-//                                         position holding the maximum, as torch.max(dim) does
+//                                         position holding the maximum (ties are deterministic)
 //
 // Convention (as in PyTorch): axes may be negative (-1 is the last); keepdim = true leaves a
 // size-1 axis so the result broadcasts straight back against the input, e.g.
@@ -15,7 +15,6 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <utility>
 #include <vector>
 

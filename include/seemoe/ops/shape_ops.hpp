@@ -43,7 +43,19 @@ Tensor<T> make_view(const Tensor<T>& a, Shape shape, const char* op) {
         out.node()->parents.push_back(a_node);
         set_backward(out, [a_node](Node<T>& self) {
             const Index n = self.numel();
-            VectorMap<T>(a_node->grad_data(), n) += ConstVectorMap<T>(self.grad->data(), n);
+            if (!a_node->grad && !self.retains_grad) {
+                // The first contribution: hand the buffer over instead of copying it.
+                a_node->grad = std::move(self.grad);
+                a_node->grad_is_zero = false;
+                return;
+            }
+            bool overwrite = false;
+            T* da = a_node->grad_data_for_write(overwrite);
+            if (overwrite) {
+                std::copy_n(self.grad->data(), n, da);
+            } else {
+                VectorMap<T>(da, n) += ConstVectorMap<T>(self.grad->data(), n);
+            }
         });
     }
     return out;

@@ -55,9 +55,17 @@ public:
         }
     }
 
-    // Zeroes the gradients that exist (keeps the buffers, like zero_grad(set_to_none=False)).
-    void zero_grad() {
-        for (auto& p : params_) p.zero_grad();
+    // Zeroes the gradients that exist and keeps their buffers (torch's set_to_none=False), or
+    // with set_to_none drops them (torch's default since 2.0): memory is then free for the
+    // activations of the next forward, and a parameter no backward reaches is skipped by step().
+    void zero_grad(bool set_to_none = false) {
+        for (auto& p : params_) {
+            if (set_to_none) {
+                p.reset_grad();
+            } else {
+                p.zero_grad();
+            }
+        }
     }
 
     void step() {

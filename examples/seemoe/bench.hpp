@@ -1,0 +1,315 @@
+// examples/seemoe/bench.hpp — `seemoe bench`: how fast is a training step, and a caption?
+//
+// Builds the vision MoE language model of a preset (default seemore: the original seeMoE sizes),
+// feeds it random images and tokens of the training shapes, and times
+//   * full training steps: zero_grad + forward + loss + backward + AdamW step, after warm-up;
+//   * caption generation: one image, greedy, KV cache, exactly --gen-tokens new tokens (the cached
+//     decoder loop is driven directly, so an early <eos> cannot shorten it);
+// then prints one JSON object (--json) or a table: step times, tokens/s, model FLOP/s, the share
+// of the machine's FP32 FMA peak that is, caption latency, peak RSS.
+//
+// Convention: every number is comparable with /work/shared/bench/torch_anchor.py (the PyTorch
+// anchor of the same model family) run on the same machine: the same size flags (--batch,
+// --text-len, --img, ...), the same FLOP count (the anchor's forward_flops() formula, matrix
+// products only, times 3 for forward + backward), medians over the timed steps. Compare ratios
+// measured side by side; absolute times on a shared machine drift.
+#pragma once
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <seemoe/seemoe.hpp>
+
+#include "presets.hpp"
+
+namespace cli {
+
+inline std::vector<FlagSpec> bench_flags() {
+    return {
+        {"--preset", "NAME", "seemore | demo | tiny: the model sizes (default: seemore)"},
+        {"--batch", "N", "images per training step (default 16)"},
+        {"--text-len", "N", "caption tokens per image (default 32; + the visual tokens)"},
+        {"--img", "S", "image size S x S"},
+        {"--patch", "P", "ViT patch size"},
+        {"--vit-dim", "D", "ViT width"},
+        {"--vit-blocks", "N", "ViT encoder blocks"},
+        {"--heads", "H", "attention heads, in the ViT and the decoder"},
+        {"--n-embd", "C", "decoder width"},
+        {"--n-layer", "N", "decoder blocks"},
+        {"--experts", "E", "experts per MoE layer"},
+        {"--top-k", "K", "experts each token is routed to"},
+        {"--vocab", "V", "vocabulary size (default 66)"},
+        {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores)"},
+        {"--steps", "N", "timed training steps (default 10)"},
+        {"--warmup", "N", "untimed training steps first (default 2)"},
+        {"--gen-tokens", "N", "tokens per timed caption; 0 skips generation (default 32)"},
+        {"--gen-reps", "N", "timed captions (default 5)"},
+        {"--seed", "N", "seed of the weights and the random inputs (default 0)"},
+        {"--json", nullptr, "print one JSON object instead of the table"},
+    };
+}
+
+inline std::string bench_usage() {
+    return "usage: seemoe bench [--preset seemore|demo|tiny] [size flags] [--threads N] [--steps N]\n"
+           "                    [--warmup N] [--gen-tokens N] [--json]\n\n"
+           "Times training steps (forward + backward + AdamW) and KV-cached greedy captioning on random\n"
+           "inputs, and reports model FLOP/s against the measured FP32 FMA peak of this machine. The\n"
+           "numbers line up with torch_anchor.py (same flags, same FLOP formula), so the two can be\n"
+           "compared side by side.\n\n"
+           "flags:\n" +
+           flag_help(bench_flags());
+}
+
+namespace bench {
+
+// Median and minimum of a list of durations (ms).
+struct Timing {
+    double median = 0, min = 0;
+};
+inline Timing summarize(std::vector<double> ms) {
+    Timing t;
+    if (ms.empty()) return t;
+    std::sort(ms.begin(), ms.end());
+    t.median = ms[ms.size() / 2];  // the upper median, as the anchor takes it
+    t.min = ms.front();
+    return t;
+}
+
+inline double now_ms() {
+    using Clock = std::chrono::steady_clock;
+    return std::chrono::duration<double, std::milli>(Clock::now().time_since_epoch()).count();
+}
+
+// The anchor's forward_flops(): multiply-add FLOPs (2 per MAC) of one forward pass over the batch,
+// matrix products only. T counts the decoder positions (visual tokens + text).
+inline double forward_flops(const seemoe::nn::VLMConfig& m, Index batch, Index T) {
+    const double B = static_cast<double>(batch), d = static_cast<double>(m.decoder.n_embd);
+    const double D = static_cast<double>(m.vision.dim), P = static_cast<double>(m.vision.num_patches());
+    const double p = static_cast<double>(m.vision.patch_size), Td = static_cast<double>(T);
+    const double blocks = static_cast<double>(m.vision.n_blocks), layers = static_cast<double>(m.decoder.n_layer);
+    const double E = static_cast<double>(m.decoder.num_experts), K = static_cast<double>(m.decoder.top_k);
+    const double V = static_cast<double>(m.decoder.vocab_size);
+    double vit = B * P * 3 * p * p * D * 2;
+    vit += blocks * B * (P + 1) * (4 * D * D + 8 * D * D) * 2 + blocks * B * 2 * (P + 1) * (P + 1) * D * 2;
+    const double proj = B * (D * 4 * D + 4 * D * d) * 2;
+    double dec = layers * B * Td * (4 * d * d + 2 * d * E + K * 8 * d * d) * 2;
+    dec += layers * B * 2 * Td * Td * d * 2 + B * Td * d * V * 2;
+    return vit + proj + dec;
+}
+
+// FP32 FMA throughput of this machine in GFLOP/s on `threads` threads: every thread runs
+// kChains independent chains of packet FMAs (enough to cover the FMA latency on every pipe),
+// so the loop is bound by FMA issue alone. Best of a few tries.
+inline double fma_peak_gflops(int threads) {
+    using Packet = Eigen::internal::packet_traits<float>::type;
+    constexpr int kLanes = Eigen::internal::unpacket_traits<Packet>::size;
+    constexpr int kChains = 16;
+    constexpr long kIterations = 4'000'000;
+    auto run_one_thread = [] {
+        Packet acc[kChains];
+        for (int c = 0; c < kChains; ++c) acc[c] = Eigen::internal::pset1<Packet>(0.001f * static_cast<float>(c));
+        // x = x * 0.9999999 + 1e-7 stays near its start: no overflow, no denormals.
+        const Packet mul = Eigen::internal::pset1<Packet>(0.9999999f);
+        const Packet add = Eigen::internal::pset1<Packet>(1e-7f);
+        for (long i = 0; i < kIterations; ++i)
+            for (int c = 0; c < kChains; ++c) acc[c] = Eigen::internal::pmadd(acc[c], mul, add);
+        float sum = 0;
+        for (int c = 0; c < kChains; ++c) sum += Eigen::internal::predux(acc[c]);
+        return sum;  // returned so the loop cannot be dropped
+    };
+    const double flops_per_thread = 2.0 * kLanes * kChains * static_cast<double>(kIterations);
+    double best = 0;
+    std::vector<float> sinks(static_cast<std::size_t>(threads));
+    for (int attempt = 0; attempt < 5; ++attempt) {
+        const double start = now_ms();
+        seemoe::parallel_for(threads, [&](Index t) { sinks[static_cast<std::size_t>(t)] = run_one_thread(); });
+        const double seconds = (now_ms() - start) / 1e3;
+        best = std::max(best, flops_per_thread * threads / seconds / 1e9);
+    }
+    volatile float sink = sinks[0];
+    (void)sink;
+    return best;
+}
+
+// Peak resident set size of this process so far, in MB (Linux reports ru_maxrss in KB).
+inline double peak_rss_mb() {
+    struct rusage usage {};
+    getrusage(RUSAGE_SELF, &usage);
+    return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+inline double round_to(double value, int decimals) {
+    const double scale = std::pow(10.0, decimals);
+    return std::round(value * scale) / scale;
+}
+
+}  // namespace bench
+
+inline int run_bench(int argc, char** argv) {
+    using seemoe::Tensor;
+    const std::vector<FlagSpec> flags = bench_flags();
+    Args args("bench", flags, argc, argv, 2);
+    if (args.help()) {
+        std::printf("%s", bench_usage().c_str());
+        return 0;
+    }
+    if (!args.positionals().empty())
+        throw CliError("unexpected argument '" + args.positionals().front() + "'",
+                       "run 'seemoe bench --help' for usage");
+
+    // ---- configuration: the preset, then single sizes from the flags --------------------------
+    const std::string preset_name = args.get_choice("--preset", "seemore", preset_names());
+    VLMConfig m = make_preset(preset_name).model;
+    m.vision.image_size = args.get_int("--img", m.vision.image_size, 1);
+    m.vision.patch_size = args.get_int("--patch", m.vision.patch_size, 1);
+    m.vision.dim = args.get_int("--vit-dim", m.vision.dim, 1);
+    m.vision.n_blocks = args.get_int("--vit-blocks", m.vision.n_blocks, 0);
+    m.vision.n_heads = args.get_int("--heads", m.vision.n_heads, 1);
+    m.decoder.n_head = args.get_int("--heads", m.decoder.n_head, 1);
+    m.decoder.n_embd = args.get_int("--n-embd", m.decoder.n_embd, 1);
+    m.decoder.n_layer = args.get_int("--n-layer", m.decoder.n_layer, 0);
+    m.decoder.num_experts = args.get_int("--experts", m.decoder.num_experts, 1);
+    m.decoder.top_k = args.get_int("--top-k", m.decoder.top_k, 1);
+    m.decoder.vocab_size = args.get_int("--vocab", 66, 3);
+    const Index batch = args.get_int("--batch", 16, 1);
+    const Index text_len = args.get_int("--text-len", 32, 1);
+    const Index steps = args.get_int("--steps", 10, 1);
+    const Index warmup = args.get_int("--warmup", 2, 0);
+    const Index gen_tokens = args.get_int("--gen-tokens", 32, 0);
+    const Index gen_reps = args.get_int("--gen-reps", 5, 1);
+    const std::uint64_t seed = args.get_seed("--seed", 0);
+    const bool json = args.flag("--json");
+    if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
+    const int threads = seemoe::num_threads();
+
+    const std::string fix = "pick sizes that fit (see 'seemoe bench --help')";
+    if (m.vision.image_size % m.vision.patch_size != 0)
+        throw CliError(format("--img %lld is not a multiple of --patch %lld", static_cast<long long>(m.vision.image_size),
+                              static_cast<long long>(m.vision.patch_size)),
+                       fix);
+    if (m.vision.dim % m.vision.n_heads != 0 || m.decoder.n_embd % m.decoder.n_head != 0)
+        throw CliError("--vit-dim and --n-embd must be divisible by --heads", fix);
+    if (m.decoder.top_k > m.decoder.num_experts)
+        throw CliError("--top-k is more than --experts", fix);
+
+    seemoe::Rng rng(seed);
+    seemoe::nn::VisionMoELanguageModel<float> model(m, rng);
+    const Index Tv = model.num_visual_tokens(), T = Tv + text_len;
+    const Index positions = std::max(T, gen_tokens > 0 ? Tv + 1 + gen_tokens : 0);
+    if (positions > m.decoder.block_size)
+        throw CliError(format("%lld decoder positions exceed the block size %lld", static_cast<long long>(positions),
+                              static_cast<long long>(m.decoder.block_size)),
+                       "use a smaller --text-len or --gen-tokens");
+    const Index params = model.num_parameters();
+
+    // ---- training steps -----------------------------------------------------------------------
+    const Index S = m.vision.image_size, V = m.decoder.vocab_size;
+    Tensor<float> images = Tensor<float>::randn({batch, 3, S, S}, rng);  // (B, 3, S, S)
+    std::vector<Index> input_ids(static_cast<std::size_t>(batch * text_len));   // (B, L)
+    std::vector<Index> targets(input_ids.size());                               // (B, L)
+    for (auto& id : input_ids) id = rng.randint(0, V);
+    for (auto& id : targets) id = rng.randint(0, V);
+    seemoe::AdamW<float> optimizer(model.parameters());
+    model.train();
+    std::vector<double> step_ms;
+    double last_loss = 0;
+    for (Index s = 0; s < warmup + steps; ++s) {
+        const double start = bench::now_ms();
+        optimizer.zero_grad(/*set_to_none=*/true);  // as the anchor does
+        Tensor<float> loss = model.loss(images, input_ids, targets, text_len, rng);  // ()
+        loss.backward();
+        optimizer.step();
+        const double elapsed = bench::now_ms() - start;
+        if (s >= warmup) step_ms.push_back(elapsed);
+        last_loss = loss.item();
+    }
+    const bench::Timing step = bench::summarize(step_ms);
+    const double train_flops = 3 * bench::forward_flops(m, batch, T);
+
+    // ---- caption generation: batch 1, greedy, KV cache, exactly gen_tokens tokens -------------
+    bench::Timing caption;
+    if (gen_tokens > 0) {
+        model.eval();
+        Tensor<float> one = seemoe::slice(images, 0, 0, 1);  // (1, 3, S, S)
+        auto caption_once = [&] {
+            seemoe::NoGradGuard no_grad;
+            Tensor<float> visual = model.encode_images(one, rng);                   // (1, Tv, C)
+            auto caches = model.decoder.make_caches(1, Tv + 1 + gen_tokens);
+            Tensor<float> x = model.decoder.embed({m.bos_id}, 1, 1, visual);         // (1, Tv+1, C)
+            Index checksum = 0;
+            for (Index t = 0; t < gen_tokens; ++t) {
+                Tensor<float> logits = model.decoder.forward_cached(x, caches);      // (1, Tn, V)
+                const float* last = logits.data() + (logits.size(1) - 1) * V;
+                const Index next = static_cast<Index>(std::max_element(last, last + V) - last);
+                checksum += next;
+                x = model.decoder.embed({next}, 1, 1, Tensor<float>());             // (1, 1, C)
+            }
+            return checksum;
+        };
+        caption_once();  // warm-up
+        std::vector<double> caption_ms;
+        for (Index r = 0; r < gen_reps; ++r) {
+            const double start = bench::now_ms();
+            caption_once();
+            caption_ms.push_back(bench::now_ms() - start);
+        }
+        caption = bench::summarize(caption_ms);
+    }
+    const double rss = bench::peak_rss_mb();  // before the peak kernel, which allocates nothing
+
+    const double peak_core = bench::fma_peak_gflops(1);
+    const double peak_all = threads > 1 ? bench::fma_peak_gflops(threads) : peak_core;
+    const double gflops = train_flops / step.median / 1e6;
+
+    seemoe::io::Json out;
+    out["impl"] = "seemoe";
+    out["preset"] = preset_name;
+    out["threads"] = static_cast<std::int64_t>(threads);
+    out["params"] = static_cast<std::int64_t>(params);
+    out["loss"] = bench::round_to(last_loss, 4);
+    out["step_ms_median"] = bench::round_to(step.median, 2);
+    out["step_ms_min"] = bench::round_to(step.min, 2);
+    out["train_tokens_per_s"] = bench::round_to(static_cast<double>(batch * T) / step.median * 1e3, 1);
+    out["train_gflop_per_step"] = bench::round_to(train_flops / 1e9, 2);
+    out["train_gflop_per_s"] = bench::round_to(gflops, 1);
+    out["fma_peak_gflop_per_s_core"] = bench::round_to(peak_core, 1);
+    out["fma_peak_gflop_per_s"] = bench::round_to(peak_all, 1);
+    out["peak_fraction_pct"] = bench::round_to(100.0 * gflops / peak_all, 1);
+    if (gen_tokens > 0) {
+        out["caption_ms_median"] = bench::round_to(caption.median, 2);
+        out["gen_tokens_per_s"] = bench::round_to(static_cast<double>(gen_tokens) / caption.median * 1e3, 1);
+    }
+    out["peak_rss_mb"] = bench::round_to(rss, 1);
+    if (json) {
+        std::printf("%s\n", out.dump().c_str());
+        return 0;
+    }
+    std::vector<std::pair<std::string, std::string>> rows = {
+        {"model", format("preset %s, %s parameters", preset_name.c_str(), format_count(params).c_str())},
+        {"shapes", format("batch %lld, %lld x %lld images, %lld positions", static_cast<long long>(batch),
+                          static_cast<long long>(S), static_cast<long long>(S), static_cast<long long>(T))},
+        {"threads", std::to_string(threads)},
+        {"training step", format("%.1f ms median, %.1f ms min (%lld steps after %lld warm-up)", step.median,
+                                 step.min, static_cast<long long>(steps), static_cast<long long>(warmup))},
+        {"throughput", format("%.0f tokens/s, %.1f GFLOP/s of %.1f GFLOP/step", batch * T / step.median * 1e3,
+                              gflops, train_flops / 1e9)},
+        {"FMA peak", format("%.0f GFLOP/s per core, %.0f on %d threads: %.1f%% reached", peak_core, peak_all,
+                            threads, 100.0 * gflops / peak_all)},
+    };
+    if (gen_tokens > 0)
+        rows.push_back({"caption", format("%.1f ms median for %lld tokens (%.0f tokens/s)", caption.median,
+                                          static_cast<long long>(gen_tokens), gen_tokens / caption.median * 1e3)});
+    rows.push_back({"peak RSS", format("%.0f MB", rss)});
+    print_table("seemoe bench", rows);
+    std::printf("%s\n", out.dump().c_str());
+    return 0;
+}
+
+}  // namespace cli
+
+using cli::run_bench;
