@@ -1,8 +1,8 @@
 // examples/seemoe/presets.hpp — the model and training presets, and the flags that override them.
 //
 //   tiny     a few seconds on the tiny test data; what the CLI tests run
-//   demo     the default: trains on the bundled shapes data in a few minutes on 2 cores and
-//            captions >= 90% of the val images exactly
+//   demo     the default: trains on the bundled shapes data in a few minutes on 2 cores (the
+//            goal is >= 90% exact captions on val; see README "Status" for what it reaches now)
 //   seemore  the original seeMoE hyperparameters (96 x 96 images, patch 16, ViT 512 x 3, decoder
 //            128 x 8, 8 experts top-2, 1000 positions): the model the upstream notebook trains
 //
