@@ -35,8 +35,9 @@ Tensorf uniform_matrix(Index rows, Index cols, Rng& rng) { return Tensorf::rand(
 TEST_CASE("float matmul matches a double reference for every shape class and transpose", "[ops][perf]") {
     ThreadCountGuard guard;
     Rng rng(3);
-    // Sizes around the kernel's tiles (12 x 32, depth blocks of 256) and the thread split.
-    const std::vector<Index> sizes = {1, 13, 33, 150};
+    // Sizes around the kernel's tiles (12 x 32, depth blocks of 256; the few-row kernel's blocks of
+    // 16 weight rows; the dot tiles of 4 x 6) and the thread split.
+    const std::vector<Index> sizes = {1, 5, 13, 33, 150};
     const std::vector<Index> depths = {1, 17, 300};
     for (int threads : {1, 2}) {
         set_num_threads(threads);
@@ -65,6 +66,39 @@ TEST_CASE("float matmul matches a double reference for every shape class and tra
                             INFO("M " << M << " N " << N << " K " << K << " ta " << ta << " tb " << tb);
                             CHECK(worst < 1e-6);
                         }
+    }
+}
+
+TEST_CASE("few-row float linear (generation) matches double, split over threads or not", "[ops][perf]") {
+    ThreadCountGuard guard;
+    Rng rng(6);
+    // 1 to 7 rows take the matrix-vector kernel; 1100 x 260 weights are big enough to be split
+    // over two threads; the bias makes the kernel accumulate onto it.
+    const Tensorf w = uniform_matrix(1100, 260, rng);
+    const Tensorf b = Tensorf::rand({1100}, rng, -1.f, 1.f);
+    for (Index rows = 1; rows <= 7; ++rows) {
+        const Tensorf x = uniform_matrix(rows, 260, rng);
+        std::vector<std::vector<float>> runs;
+        for (int threads : {1, 2}) {
+            set_num_threads(threads);
+            const Tensorf y = linear(x, w, b);  // (rows, 1100)
+            REQUIRE(y.shape() == Shape{rows, 1100});
+            runs.push_back(y.to_vector());
+        }
+        CHECK(runs[0] == runs[1]);  // each dot product summed in the same order either way
+        double worst = 0;
+        for (Index i = 0; i < rows; ++i)
+            for (Index j = 0; j < 1100; ++j) {
+                double ref = b.data()[j], mag = std::fabs(ref);
+                for (Index k = 0; k < 260; ++k) {
+                    const double p = double(x.data()[i * 260 + k]) * double(w.data()[j * 260 + k]);
+                    ref += p;
+                    mag += std::fabs(p);
+                }
+                worst = std::max(worst, std::fabs(runs[0][static_cast<std::size_t>(i * 1100 + j)] - ref) / (mag + 1e-3));
+            }
+        INFO("rows " << rows);
+        CHECK(worst < 1e-6);
     }
 }
 
@@ -380,4 +414,44 @@ TEST_CASE("zero_grad is lazy: gradients read as zero and the next backward start
     CHECK(unused.data()[0] == before);
     CHECK(opt.state()[1].step == 0);
     CHECK(opt.state()[0].step == 1);
+}
+
+// ---- the CLS-only encoder -------------------------------------------------------------------------
+
+TEST_CASE("ViT::forward_cls equals the CLS row of forward, dropout and gradients included", "[nn][perf]") {
+    Rng rng(27);
+    nn::ViTConfig config;
+    config.image_size = 8;
+    config.patch_size = 4;
+    config.dim = 8;
+    config.n_blocks = 2;
+    config.n_heads = 2;
+    config.mlp_ratio = 2;
+    config.dropout = 0.2;
+    nn::ViT<double> vit(config, rng);
+    Tensord images = grad_input({3, 3, 8, 8}, rng);
+    auto params = vit.parameters();
+    for (bool training : {true, false}) {
+        vit.train(training);
+        auto run = [&](bool cls_only, double& next_draw) {
+            images.reset_grad();
+            for (auto& p : params) p.reset_grad();
+            Rng r(41);
+            Tensord out = cls_only ? vit.forward_cls(images, r) : slice(vit.forward(images, r), 1, 0, 1);  // (B, 1, D)
+            next_draw = r.uniform();  // the Rng advanced alike
+            Rng seed(42);
+            out.backward(Tensord::randn(out.shape(), seed));
+            std::vector<double> values = out.to_vector();
+            for (double v : images.grad().to_vector()) values.push_back(v);
+            for (auto& p : params)
+                for (double v : p.grad().to_vector()) values.push_back(v);
+            return values;
+        };
+        double next_fast = 0, next_full = 0;
+        const std::vector<double> fast = run(true, next_fast), full = run(false, next_full);
+        CHECK(next_fast == next_full);
+        REQUIRE(fast.size() == full.size());
+        INFO("training " << training);
+        for (std::size_t i = 0; i < fast.size(); ++i) CHECK(fast[i] == Approx(full[i]).epsilon(1e-12).margin(1e-13));
+    }
 }

@@ -64,26 +64,32 @@ inline Preset make_preset(const std::string& name) {
         p.eval_every = 10;
         p.log_every = 5;
     } else if (name == "demo") {
-        m.vision.image_size = 32;
-        m.vision.patch_size = 8;
+        // Tuned on data/shapes (4000 train images of 32 px). 24 px images cut into 4 px patches
+        // give a 6 x 6 grid whose 2 x 2 blocks line up with the captions' 3 x 3 places, and keep
+        // enough detail to tell a small star from a small cross; every patch is a visual token.
+        // Most of the cost is the decoder running over those 36 tokens, so it stays narrow.
+        // Measured: patch 8 (position words wrong), CLS tokens, lr >= 1e-3, batch 16 or 64 and
+        // fewer steps all ended well below 90% exact match on val.
+        m.vision.image_size = 24;
+        m.vision.patch_size = 4;
         m.vision.dim = 96;
         m.vision.n_blocks = 2;
         m.vision.n_heads = 4;
         m.vision.dropout = 0.0;
-        m.decoder.n_embd = 96;
+        m.decoder.n_embd = 64;
         m.decoder.n_head = 4;
-        m.decoder.n_layer = 4;
+        m.decoder.n_layer = 3;
         m.decoder.num_experts = 8;
         m.decoder.top_k = 2;
         m.decoder.block_size = 128;
         m.decoder.dropout = 0.0;
         m.visual_tokens = VisualTokens::Patches;
-        p.steps = 1500;
+        p.steps = 6000;
         p.batch = 32;
-        p.lr = 2e-3;
+        p.lr = 5e-4;
         p.warmup = 100;
-        p.eval_every = 250;
-        p.log_every = 50;
+        p.eval_every = 500;
+        p.log_every = 100;
     } else if (name == "seemore") {
         m = VLMConfig{};  // the library defaults are the original seeMoE's numbers
         m.visual_tokens = VisualTokens::CLS;

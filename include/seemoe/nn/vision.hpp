@@ -5,13 +5,15 @@
 // 3*p*p values ordered (channel, row, column) — the order of the flattened Conv2d weight
 // (D, 3, p, p) — so weight.reshape(D, 3*p*p) multiplies it directly. Patches are numbered row-major
 // over the grid. The ViT prepends a learned CLS token, adds learned positions, runs pre-LN blocks
-// (x + attn(ln1(x)); x + mlp(ln2(x)), GELU MLP) and a final LayerNorm.
+// (x + attn(ln1(x)); x + mlp(ln2(x)), GELU MLP) and a final LayerNorm. forward_cls() returns the
+// CLS feature alone and skips the last block's work on the other rows, which nothing reads then.
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "../ops/elementwise.hpp"
+#include "../ops/functional.hpp"
 #include "../ops/shape_ops.hpp"
 #include "attention.hpp"
 #include "layer_norm.hpp"
@@ -103,10 +105,12 @@ public:
 
     // The block's output for token 0 alone (B, 1, C): every token still gives its key and value,
     // but only token 0 asks a query, so proj and the MLP run on one row per image instead of T.
-    // Equals slice(forward(x, rng), 1, 0, 1) whenever dropout is off (eval mode or p = 0); with
-    // dropout on it would draw fewer random numbers than forward, so callers use it only then.
+    // Equals slice(forward(x, rng), 1, 0, 1), dropout included: the masks are drawn for all T
+    // rows, exactly as forward draws them, and row 0's are applied, so the Rng ends up in the
+    // same state. (Only rounding may differ: a product over B rows sums in another order than
+    // one over B*T rows.)
     Tensor<T> forward_first_token(const Tensor<T>& x, Rng& rng) const {            // (B, T, C)
-        const Index B = x.size(0), C = x.size(2), H = attn.n_heads, D = C / H;
+        const Index B = x.size(0), T_all = x.size(1), C = x.size(2), H = attn.n_heads, D = C / H;
         const Index keys = attn.causal ? 1 : x.size(1);  // causal: token 0 sees itself only
         Tensor<T> q_k_v = attn.qkv.forward(ln1.forward(x));                        // (B, T, 3C)
         auto heads = [&](Index part, Index rows) {
@@ -116,14 +120,30 @@ public:
         Tensor<T> y = scaled_dot_product_attention(heads(0, 1), heads(1, keys), heads(2, keys),
                                                    false);                          // (B, H, 1, D)
         y = reshape(permute(y, {0, 2, 1, 3}), {B, 1, C});                         // (B, 1, C)
-        Tensor<T> h = add(narrow(x, 1, 0, 1), attn.drop.forward(attn.proj.forward(y), rng));  // (B, 1, C)
-        return add(h, mlp.forward(ln2.forward(h), rng));                          // (B, 1, C)
+        Tensor<T> h = add(narrow(x, 1, 0, 1), first_token_dropout(attn.proj.forward(y), T_all, attn.drop, rng));
+        Tensor<T> m = mlp.fc2.forward(activate(mlp.fc1.forward(ln2.forward(h)), mlp.act));  // (B, 1, C)
+        return add(h, first_token_dropout(m, T_all, mlp.drop, rng));               // (B, 1, C)
     }
 
     LayerNorm<T> ln1;
     MultiHeadAttention<T> attn;
     LayerNorm<T> ln2;
     MLP<T> mlp;
+
+private:
+    // Dropout of y (B, 1, C), which stands for row 0 of a (B, T, C) activation: draws the Rng as
+    // dropout over the whole (B, T, C) would and applies row 0's mask (a constant factor).
+    static Tensor<T> first_token_dropout(const Tensor<T>& y, Index tokens, const Dropout<T>& drop, Rng& rng) {
+        if (!drop.is_training() || drop.p == 0) return y;
+        const Index B = y.size(0), C = y.size(2);
+        std::vector<unsigned char> keep(static_cast<std::size_t>(B * tokens * C));  // (B, T, C)
+        seemoe::detail::draw_dropout_keep(keep.data(), B * tokens * C, static_cast<double>(drop.p), rng);
+        const T scale = T(1) / (T(1) - drop.p);
+        Tensor<T> mask = Tensor<T>::empty({B, 1, C});                              // (B, 1, C)
+        for (Index b = 0; b < B; ++b)
+            for (Index c = 0; c < C; ++c) mask.data()[b * C + c] = keep[(b * tokens) * C + c] ? scale : T(0);
+        return mul(y, mask);                                                       // (B, 1, C)
+    }
 
 protected:
     void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
@@ -177,11 +197,10 @@ public:
     }
 
     // The CLS feature alone, (B, 1, D) = slice(forward(images, rng), 1, 0, 1), computed with the
-    // last block's proj and MLP on the CLS row only (see Block::forward_first_token). Only when
-    // dropout is off (eval mode or dropout 0); otherwise it runs forward() and slices.
+    // last block's proj and MLP on the CLS row only (see Block::forward_first_token): about a
+    // quarter of the encoder's work is for rows nobody reads when only the CLS token is used.
     Tensor<T> forward_cls(const Tensor<T>& images, Rng& rng) const {
-        if ((this->is_training() && config.dropout > 0) || blocks.empty())
-            return slice(forward(images, rng), 1, 0, 1);                            // (B, 1, D)
+        if (blocks.empty()) return slice(forward(images, rng), 1, 0, 1);          // (B, 1, D)
         Tensor<T> patches = patch_embedding.forward(images);                        // (B, P, D)
         const Index B = patches.size(0), D = config.dim;
         Tensor<T> cls = add(Tensor<T>::zeros({B, 1, D}), cls_token);               // (B, 1, D)

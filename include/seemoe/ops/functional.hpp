@@ -17,6 +17,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -150,7 +151,11 @@ Tensor<T> softmax_op(const Tensor<T>& a, Index axis, bool log, const char* op) {
 // keep[i] = 1 with probability 1 - p, one uniform draw per element in order: the dropout mask
 // (shared by dropout and the fused MoE experts, so both consume the Rng identically).
 inline void draw_dropout_keep(unsigned char* keep, Index n, double p, Rng& rng) {
-    for (Index i = 0; i < n; ++i) keep[i] = rng.uniform() >= p ? 1 : 0;
+    // rng.uniform() >= p, decided on the 53 random bits directly: uniform() is bits * 2^-53
+    // exactly, so it is >= p exactly when bits >= ceil(p * 2^53) (the same masks, no int->double).
+    const double scaled = std::ceil(p * 0x1.0p53);
+    const std::uint64_t threshold = scaled >= 0x1.0p53 ? (std::uint64_t(1) << 53) : static_cast<std::uint64_t>(scaled);
+    for (Index i = 0; i < n; ++i) keep[i] = (rng.next_u64() >> 11) >= threshold ? 1 : 0;
 }
 
 }  // namespace detail

@@ -64,15 +64,20 @@ struct ExpertRouting {
     Index rows(Index e) const { return offset[e + 1] - offset[e]; }
 };
 
-// Runs body(e) for every expert, side by side on the threads (one expert per thread at a time,
-// each with single-threaded GEMMs) unless the whole job is too small to be worth waking them:
-// in generation a token meets two experts of a few hundred thousand multiply-adds each.
+// Runs body(e) for every expert that has rows, side by side on the threads (one expert per thread
+// at a time, each with single-threaded GEMMs) unless the whole job is too small to be worth
+// waking them. In generation a token meets two experts of 65k multiply-adds per product: one
+// expert per thread then halves the time the weights take to stream in, where splitting each
+// small product over the threads would cost more in hand-offs than it saves.
 template <typename Body>
-void run_experts(Index E, Index work, Body&& body) {
-    if (work >= (Index(1) << 19)) {
-        parallel_for_dynamic(E, body);
+void run_experts(const ExpertRouting& routing, Index work, Body&& body) {
+    std::vector<Index> active;
+    for (Index e = 0; e < routing.E; ++e)
+        if (routing.rows(e) > 0) active.push_back(e);
+    if (active.size() >= 2 && work >= (Index(1) << 16)) {
+        parallel_for_dynamic(static_cast<Index>(active.size()), [&](Index i) { body(active[i]); });
     } else {
-        for (Index e = 0; e < E; ++e) body(e);
+        for (Index e : active) body(e);
     }
 }
 
@@ -147,7 +152,7 @@ Tensor<T> moe_experts(const Tensor<T>& x, const Tensor<T>& gates, const std::vec
         const T* xd = x.data();
         T* hd = hidden->data();
         T* yd = result->data();
-        detail::run_experts(E, rows_total * C * Hd, [&](Index e) {
+        detail::run_experts(R, rows_total * C * Hd, [&](Index e) {
             const Index first = R.offset[e], n_e = R.rows(e);
             if (n_e == 0) return;
             std::vector<T> picked(static_cast<std::size_t>(n_e * C));  // (n_e, C)
@@ -248,7 +253,7 @@ Tensor<T> moe_experts(const Tensor<T>& x, const Tensor<T>& gates, const std::vec
         }
         // dx of every expert-sorted row, scattered to the tokens afterwards.
         std::shared_ptr<Storage<T>> dx_rows = x_node ? std::make_shared<Storage<T>>(rows_total * C) : nullptr;
-        detail::run_experts(E, rows_total * C * Hd, [&](Index e) {
+        detail::run_experts(R, rows_total * C * Hd, [&](Index e) {
             const Index first = R.offset[e], n_e = R.rows(e);
             if (n_e == 0) return;
             const ExpertGrads& eg = grads[e];
