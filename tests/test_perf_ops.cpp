@@ -38,7 +38,7 @@ TEST_CASE("float matmul matches a double reference for every shape class and tra
     // Sizes around the kernel's tiles (12 x 32, depth blocks of 256; the few-row kernel's blocks of
     // 16 weight rows; the dot tiles of 4 x 6) and the thread split.
     const std::vector<Index> sizes = {1, 5, 13, 33, 150};
-    const std::vector<Index> depths = {1, 17, 300};
+    const std::vector<Index> depths = {1, 17, 300, 1500};  // 1500: the dot kernel works in depth blocks of 1024
     for (int threads : {1, 2}) {
         set_num_threads(threads);
         for (Index M : sizes)
