@@ -91,6 +91,7 @@ public:
         last_tokens_per_expert.assign(E, 0);
         for (Index e : routing.experts) ++last_tokens_per_expert[e];
         std::vector<Tensor<T>> w1, b1, w2, b2;
+        for (auto* v : {&w1, &b1, &w2, &b2}) v->reserve(experts.size());
         for (const auto& expert : experts) {
             w1.push_back(expert.fc1.weight);
             b1.push_back(expert.fc1.bias);

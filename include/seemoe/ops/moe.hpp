@@ -127,7 +127,8 @@ Tensor<T> moe_experts(const Tensor<T>& x, const Tensor<T>& gates, const std::vec
                  dropout_p);
 
     std::vector<Tensor<T>> inputs{x, gates};
-    for (Index e = 0; e < E; ++e) {
+    inputs.reserve(static_cast<std::size_t>(2 + 4 * E));
+    for (Index e = 0; GradMode::is_enabled() && e < E; ++e) {  // the graph's parents, if any
         inputs.push_back(fc1_weight[e]);
         if (fc1_bias[e].defined()) inputs.push_back(fc1_bias[e]);
         inputs.push_back(fc2_weight[e]);
