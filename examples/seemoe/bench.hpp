@@ -32,20 +32,11 @@
 namespace cli {
 
 inline std::vector<FlagSpec> bench_flags() {
-    return {
+    std::vector<FlagSpec> flags = {
         {"--preset", "NAME", "seemore | demo | tiny: the model sizes (default: seemore)"},
         {"--batch", "N", "images per training step (default 16)"},
         {"--text-len", "N", "caption tokens per image (default 32; + the visual tokens)"},
-        {"--img", "S", "image size S x S"},
-        {"--patch", "P", "ViT patch size"},
-        {"--vit-dim", "D", "ViT width"},
-        {"--vit-blocks", "N", "ViT encoder blocks"},
-        {"--heads", "H", "attention heads, in the ViT and the decoder"},
-        {"--n-embd", "C", "decoder width"},
-        {"--n-layer", "N", "decoder blocks"},
-        {"--experts", "E", "experts per MoE layer"},
-        {"--top-k", "K", "experts each token is routed to"},
-        {"--vocab", "V", "vocabulary size (default 66)"},
+        {"--img", "S", "image size S x S (torch_anchor.py's name for --image-size)"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores)"},
         {"--steps", "N", "timed training steps (default 10)"},
         {"--warmup", "N", "untimed training steps first (default 2)"},
@@ -53,7 +44,10 @@ inline std::vector<FlagSpec> bench_flags() {
         {"--gen-reps", "N", "timed captions (default 5)"},
         {"--seed", "N", "seed of the weights and the random inputs (default 0)"},
         {"--json", nullptr, "print one JSON object instead of the table"},
+        {"--vocab", "V", "vocabulary size (default 66)"},
     };
+    for (const FlagSpec& f : model_flags()) flags.push_back(f);  // the model sizes, as in train
+    return flags;
 }
 
 inline std::string bench_usage() {
@@ -178,15 +172,7 @@ inline int run_bench(int argc, char** argv) {
     const std::string preset_name = args.get_choice("--preset", "seemore", preset_names());
     VLMConfig m = make_preset(preset_name).model;
     m.vision.image_size = args.get_int("--img", m.vision.image_size, 1);
-    m.vision.patch_size = args.get_int("--patch", m.vision.patch_size, 1);
-    m.vision.dim = args.get_int("--vit-dim", m.vision.dim, 1);
-    m.vision.n_blocks = args.get_int("--vit-blocks", m.vision.n_blocks, 0);
-    m.vision.n_heads = args.get_int("--heads", m.vision.n_heads, 1);
-    m.decoder.n_head = args.get_int("--heads", m.decoder.n_head, 1);
-    m.decoder.n_embd = args.get_int("--n-embd", m.decoder.n_embd, 1);
-    m.decoder.n_layer = args.get_int("--n-layer", m.decoder.n_layer, 0);
-    m.decoder.num_experts = args.get_int("--experts", m.decoder.num_experts, 1);
-    m.decoder.top_k = args.get_int("--top-k", m.decoder.top_k, 1);
+    apply_model_flags(args, m);  // --image-size (wins over --img), --patch, ... and their checks
     m.decoder.vocab_size = args.get_int("--vocab", 66, 3);
     const Index batch = args.get_int("--batch", 16, 1);
     const Index text_len = args.get_int("--text-len", 32, 1);
@@ -198,16 +184,6 @@ inline int run_bench(int argc, char** argv) {
     const bool json = args.flag("--json");
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
     const int threads = seemoe::num_threads();
-
-    const std::string fix = "pick sizes that fit (see 'seemoe bench --help')";
-    if (m.vision.image_size % m.vision.patch_size != 0)
-        throw CliError(format("--img %lld is not a multiple of --patch %lld", static_cast<long long>(m.vision.image_size),
-                              static_cast<long long>(m.vision.patch_size)),
-                       fix);
-    if (m.vision.dim % m.vision.n_heads != 0 || m.decoder.n_embd % m.decoder.n_head != 0)
-        throw CliError("--vit-dim and --n-embd must be divisible by --heads", fix);
-    if (m.decoder.top_k > m.decoder.num_experts)
-        throw CliError("--top-k is more than --experts", fix);
 
     seemoe::Rng rng(seed);
     seemoe::nn::VisionMoELanguageModel<float> model(m, rng);

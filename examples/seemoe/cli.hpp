@@ -122,6 +122,7 @@ public:
     }
 
     bool help() const { return help_; }
+    const std::string& command() const { return command_; }
     bool has(const std::string& flag) const { return values_.count(flag) || switches_.count(flag); }
     bool flag(const std::string& name) const { return switches_.count(name) > 0; }
     const std::vector<std::string>& positionals() const { return positionals_; }

@@ -146,7 +146,7 @@ inline void apply_model_flags(const Args& args, VLMConfig& m) {
                               ? VisualTokens::CLS
                               : VisualTokens::Patches;
 
-    const std::string fix = "pick sizes that fit (see 'seemoe train --help')";
+    const std::string fix = "pick sizes that fit (see 'seemoe " + args.command() + " --help')";
     if (m.vision.image_size % m.vision.patch_size != 0)
         throw CliError(format("--image-size %lld is not a multiple of --patch %lld",
                               static_cast<long long>(m.vision.image_size),

@@ -315,5 +315,18 @@ std::shared_ptr<Node<T>> grad_target(const Tensor<T>& t) {
     return (GradMode::is_enabled() && t.requires_grad()) ? t.node() : nullptr;
 }
 
+// An optimiser's zero_grad: zeroes the gradients that exist and keeps their buffers, or with
+// set_to_none drops them (see optim/).
+template <typename T>
+void zero_grads(std::vector<Tensor<T>>& params, bool set_to_none) {
+    for (auto& p : params) {
+        if (set_to_none) {
+            p.reset_grad();
+        } else {
+            p.zero_grad();
+        }
+    }
+}
+
 }  // namespace detail
 }  // namespace seemoe

@@ -275,6 +275,25 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a = fals
     return out;
 }
 
+namespace detail {
+
+// y (rows, out) = x (rows, in) W^T + b for a weight stored (out, in) and an optional bias (nullptr:
+// none), all row-major and contiguous: the forward of linear, shared with the fused MoE experts.
+// The rows start from the bias and the GEMM adds onto them, one pass fewer than adding it after.
+template <typename T>
+void affine_rows(T* y, const T* x, Index rows, Index in, const T* weight, Index out, const T* bias) {
+    const GemmOperand<T> x_op{x, rows, in, false};          // (rows, in)
+    const GemmOperand<T> w_transposed{weight, out, in, true};  // (in, out)
+    if (bias) {
+        MatrixMap<T>(y, rows, out).rowwise() = ConstVectorMap<T>(bias, out).transpose();
+        gemm(y, x_op, w_transposed, true);
+    } else {
+        gemm(y, x_op, w_transposed, false);
+    }
+}
+
+}  // namespace detail
+
 // torch.nn.functional.linear: x (..., in), weight (out, in), bias (out) or an undefined
 // Tensor<T>() -> (..., out) = x weight^T + bias, one GEMM over all leading axes of x.
 template <typename T>
@@ -300,17 +319,8 @@ Tensor<T> linear(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>& b
     Index n_rows = 1;  // all leading axes of x together
     for (Index i = 0; i + 1 < x.dim(); ++i) n_rows *= x.shape()[i];
 
-    const detail::GemmOperand<T> x_op{x.data(), n_rows, in_features, false};          // (N_rows, in)
-    const detail::GemmOperand<T> w_transposed{weight.data(), out_features, in_features, true};  // (in, out)
-    if (has_bias) {
-        // Start from the bias in every row and let the GEMM add onto it: one pass fewer than
-        // adding the bias afterwards.
-        MatrixMap<T>(y.data(), n_rows, out_features).rowwise() =
-            ConstVectorMap<T>(bias.data(), out_features).transpose();
-        detail::gemm(y.data(), x_op, w_transposed, true);
-    } else {
-        detail::gemm(y.data(), x_op, w_transposed, false);
-    }
+    detail::affine_rows(y.data(), x.data(), n_rows, in_features, weight.data(), out_features,
+                        has_bias ? bias.data() : nullptr);  // (N_rows, out)
 
     auto x_node = detail::grad_target(x);
     auto w_node = detail::grad_target(weight);

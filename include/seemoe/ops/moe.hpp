@@ -158,23 +158,13 @@ Tensor<T> moe_experts(const Tensor<T>& x, const Tensor<T>& gates, const std::vec
             if (n_e == 0) return;
             std::vector<T> picked(static_cast<std::size_t>(n_e * C));  // (n_e, C)
             for (Index j = 0; j < n_e; ++j) std::copy_n(xd + R.token[first + j] * C, C, picked.data() + j * C);
+            auto bias = [](const Tensor<T>& b) { return b.defined() ? b.data() : nullptr; };
             T* h = hd + first * Hd;
+            detail::affine_rows(h, picked.data(), n_e, C, fc1_weight[e].data(), Hd, bias(fc1_bias[e]));  // (n_e, Hd)
             MatrixMap<T> h_map(h, n_e, Hd);
-            if (fc1_bias[e].defined()) {
-                h_map.rowwise() = ConstVectorMap<T>(fc1_bias[e].data(), Hd).transpose();
-            } else {
-                h_map.setZero();
-            }
-            detail::gemm<T>(h, {picked.data(), n_e, C, false}, {fc1_weight[e].data(), Hd, C, true}, true);
             h_map = h_map.cwiseMax(T(0));
             T* y = yd + first * C;
-            MatrixMap<T> y_map(y, n_e, C);
-            if (fc2_bias[e].defined()) {
-                y_map.rowwise() = ConstVectorMap<T>(fc2_bias[e].data(), C).transpose();
-            } else {
-                y_map.setZero();
-            }
-            detail::gemm<T>(y, {h, n_e, Hd, false}, {fc2_weight[e].data(), C, Hd, true}, true);
+            detail::affine_rows(y, h, n_e, Hd, fc2_weight[e].data(), C, bias(fc2_bias[e]));  // (n_e, C)
             if (drop) {
                 const unsigned char* k = keep->data() + first * C;
                 for (Index i = 0; i < n_e * C; ++i) y[i] = k[i] ? y[i] * keep_scale : T(0);

@@ -58,15 +58,7 @@ public:
     // Zeroes the gradients that exist and keeps their buffers (torch's set_to_none=False), or
     // with set_to_none drops them (torch's default since 2.0): memory is then free for the
     // activations of the next forward, and a parameter no backward reaches is skipped by step().
-    void zero_grad(bool set_to_none = false) {
-        for (auto& p : params_) {
-            if (set_to_none) {
-                p.reset_grad();
-            } else {
-                p.zero_grad();
-            }
-        }
-    }
+    void zero_grad(bool set_to_none = false) { detail::zero_grads(params_, set_to_none); }
 
     void step() {
         const bool use_momentum = options_.momentum != 0;
