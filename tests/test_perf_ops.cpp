@@ -251,6 +251,105 @@ TEST_CASE("moe_experts equals the composed graph, dropout masks and gradients in
         }
 }
 
+namespace {
+
+// Top-2 of 4 experts for N tokens, the pair of each token in no particular order.
+std::vector<Index> two_of_four(Index N) {
+    std::vector<Index> experts;
+    for (Index n = 0; n < N; ++n) {
+        experts.push_back((n + 1 + n % 2) % 4);
+        experts.push_back(n % 4);
+    }
+    return experts;
+}
+
+// A float copy of a double tensor.
+Tensorf to_float(const Tensord& t) {
+    std::vector<float> values;
+    for (double v : t.to_vector()) values.push_back(static_cast<float>(v));
+    return Tensorf::from_vector(t.shape(), values);
+}
+
+}  // namespace
+
+TEST_CASE("moe_experts' inference path (a few tokens, no graph) equals the composed graph", "[ops][moe][perf]") {
+    ThreadCountGuard guard;
+    Rng rng(24);
+    // Small experts (serial) and experts big enough to split their halves over two threads; an
+    // odd hidden width gives halves of different sizes.
+    struct Size {
+        Index C, Hd;
+    };
+    for (Size size : {Size{5, 7}, Size{64, 513}})
+        for (Index N : {1, 3, 8})
+            for (bool with_bias : {true, false}) {
+                const Index C = size.C, Hd = size.Hd, K = 2, E = 4;
+                Tensord x = grad_input({N, C}, rng);
+                Tensord gates = grad_input({N, K}, rng);
+                ExpertSet w = make_experts(E, C, Hd, rng, with_bias);
+                const std::vector<Index> experts = two_of_four(N);
+                NoGradGuard no_grad;
+                Rng r(5);
+                const Tensord composed = composed_moe(x, gates, experts, w, 0.4, false, r);
+                std::vector<std::vector<double>> by_threads;
+                for (int threads : {1, 2}) {
+                    set_num_threads(threads);
+                    Rng unused(6);
+                    Tensord out = moe_experts(x, gates, experts, w.w1, w.b1, w.w2, w.b2, 0.4, false, unused);
+                    CHECK_FALSE(out.requires_grad());
+                    CHECK(unused.uniform() == Rng(6).uniform());  // nothing drawn
+                    by_threads.push_back(out.to_vector());
+                }
+                INFO("C " << C << " Hd " << Hd << " N " << N << " bias " << with_bias);
+                CHECK(by_threads[0] == by_threads[1]);  // bit-identical on 1 and 2 threads
+                const std::vector<double> expected = composed.to_vector();
+                REQUIRE(by_threads[0].size() == expected.size());
+                for (std::size_t i = 0; i < expected.size(); ++i)
+                    CHECK(by_threads[0][i] == Approx(expected[i]).epsilon(1e-12).margin(1e-13));
+
+                // The float path (the few-row kernel) against the double reference.
+                std::vector<Tensorf> w1, b1, w2, b2;
+                for (Index e = 0; e < E; ++e) {
+                    w1.push_back(to_float(w.w1[e]));
+                    w2.push_back(to_float(w.w2[e]));
+                    b1.push_back(with_bias ? to_float(w.b1[e]) : Tensorf());
+                    b2.push_back(with_bias ? to_float(w.b2[e]) : Tensorf());
+                }
+                std::vector<std::vector<float>> float_by_threads;
+                for (int threads : {1, 2}) {
+                    set_num_threads(threads);
+                    Rng unused(6);
+                    const Tensorf out = moe_experts(to_float(x), to_float(gates), experts, w1, b1, w2, b2, 0.4f,
+                                                    false, unused);
+                    float_by_threads.push_back(out.to_vector());
+                }
+                CHECK(float_by_threads[0] == float_by_threads[1]);
+                for (std::size_t i = 0; i < expected.size(); ++i)
+                    CHECK(float_by_threads[0][i] == Approx(expected[i]).epsilon(1e-4).margin(1e-4));
+            }
+}
+
+TEST_CASE("moe_experts builds the graph when one is needed, even for a single token", "[ops][moe][perf]") {
+    Rng rng(25);
+    const Index N = 1, C = 5, Hd = 7, E = 4, K = 2;
+    Tensord x = grad_input({N, C}, rng);
+    Tensord gates = grad_input({N, K}, rng);
+    ExpertSet w = make_experts(E, C, Hd, rng);
+    const std::vector<Index> experts = two_of_four(N);
+    Rng r(7);
+    Tensord out = moe_experts(x, gates, experts, w.w1, w.b1, w.w2, w.b2, 0.0, false, r);
+    CHECK(out.requires_grad());
+    // With dropout in training the masks are drawn, as the composed form draws them.
+    NoGradGuard no_grad;
+    Rng fused_rng(8), composed_rng(8);
+    const std::vector<double> fused =
+        moe_experts(x, gates, experts, w.w1, w.b1, w.w2, w.b2, 0.5, true, fused_rng).to_vector();
+    const std::vector<double> composed = composed_moe(x, gates, experts, w, 0.5, true, composed_rng).to_vector();
+    REQUIRE(fused.size() == composed.size());
+    for (std::size_t i = 0; i < fused.size(); ++i) CHECK(fused[i] == Approx(composed[i]).epsilon(1e-12).margin(1e-13));
+    CHECK(fused_rng.uniform() == composed_rng.uniform());
+}
+
 TEST_CASE("SparseMoE's fused path equals forward_composed with dropout and router noise", "[nn][moe][perf]") {
     Rng rng(23);
     nn::SparseMoE<double> moe(6, 4, 2, 12, 0.25, rng);

@@ -81,9 +81,10 @@ public:
 
         Tensor<T> heads = Tensor<T>::empty({B, Tn, C});                    // (B, Tn, C)
         const T scale = T(1) / std::sqrt(static_cast<T>(D));
+        std::vector<T> all_scores(static_cast<std::size_t>(B * H * total));  // (B*H, total)
         auto one_head = [&](Index bh) {
             const Index b = bh / H, h = bh % H;
-            std::vector<T> scores(static_cast<std::size_t>(total));
+            T* scores = all_scores.data() + bh * total;
             for (Index t = 0; t < Tn; ++t) {
                 const T* q = q_k_v.data() + (b * Tn + t) * 3 * C + h * D;
                 const Index visible = start + t + 1;                     // causal: keys 0..start+t

@@ -13,7 +13,8 @@
 // expert by expert in the same order as the composed form draws them, so the two consume the Rng
 // identically (tests check the two agree). Backward keeps each expert's ReLU output and its
 // dropped-out result; an expert that received no token gets no gradient at all, as in the
-// composed graph.
+// composed graph. Generation (a few tokens, no graph to build, no dropout) takes a path of its own,
+// moe_experts_inference below: it splits each expert's hidden units over the threads instead.
 //
 // Legend: N tokens, C channels, Hd expert hidden width, E experts, K experts per token.
 #pragma once
@@ -81,6 +82,93 @@ void run_experts(const ExpertRouting& routing, Index work, Body&& body) {
     }
 }
 
+// c (rows) (+)= W a for `rows` rows of a weight whose rows are `ldw` apart, each K long: one token
+// times a slice of a weight (generation); sgemm_rows for float, an Eigen product otherwise.
+template <typename T>
+void weight_slice_times(T* c, const T* a, const T* w, Index rows, Index K, Index ldw, bool accumulate) {
+    if constexpr (std::is_same_v<T, float> && kSgemmKernelAvailable) {
+        sgemm_rows(1, rows, K, a, K, w, ldw, c, rows, accumulate);
+    } else {
+        using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+        const Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>> weight(w, rows, K, Eigen::OuterStride<>(ldw));
+        VectorMap<T> out(c, rows);
+        if (accumulate) {
+            out.noalias() += weight * ConstVectorMap<T>(a, K);
+        } else {
+            out.noalias() = weight * ConstVectorMap<T>(a, K);
+        }
+    }
+}
+
+// Up to this many tokens, a call that builds no graph and drops nothing takes the inference path.
+inline constexpr Index kMoEInferenceMaxTokens = 8;
+
+// The inference path (generation: one token a step): no graph, no dropout, no routing tables.
+// Every expert's hidden units are cut in two halves, and thread t always takes half t: its part of
+// relu(fc1) and that part's share of fc2 (a product over its hidden units only). A token's output
+// adds the two shares, gate-weighted, experts in id order. So both threads stream weights whatever
+// the experts a token meets, and each keeps reading the same half of every expert, which stays in
+// its own caches from one token to the next (measured: 34 MB of experts, two per step, 20.5 -> 16.7
+// us per step against one whole expert per thread). The shares are added the same way on one
+// thread, so the result does not depend on the thread count.
+template <typename T>
+void moe_experts_inference(T* out, const T* x, const T* gates, const std::vector<Index>& experts, Index N, Index C,
+                           Index K, Index Hd, const std::vector<Tensor<T>>& fc1_weight,
+                           const std::vector<Tensor<T>>& fc1_bias, const std::vector<Tensor<T>>& fc2_weight,
+                           const std::vector<Tensor<T>>& fc2_bias) {
+    const Index slots = N * K, split = Hd / 2;
+    thread_local std::vector<T> scratch;  // hidden (slots, Hd), then the shares (2, slots, C)
+    scratch.resize(static_cast<std::size_t>(slots * (Hd + 2 * C)));
+    T* hidden = scratch.data();
+    T* shares = hidden + slots * Hd;
+    // The weights of every slot as plain pointers, taken here: the other thread then reads no
+    // Tensor, whose reference counts this thread changes (each such shared line costs a transfer
+    // between the cores).
+    struct SlotWeights {
+        const T *w1, *b1, *w2, *b2;
+    };
+    thread_local std::vector<SlotWeights> weights;
+    weights.resize(static_cast<std::size_t>(slots));
+    auto data_or_null = [](const Tensor<T>& t) { return t.defined() ? t.data() : nullptr; };
+    for (Index s = 0; s < slots; ++s) {
+        const Index e = experts[s];
+        weights[s] = {fc1_weight[e].data(), data_or_null(fc1_bias[e]), fc2_weight[e].data(), data_or_null(fc2_bias[e])};
+    }
+    const SlotWeights* slot_weights = weights.data();
+    auto half = [&](Index t) {
+        const Index h0 = t == 0 ? 0 : split, width = t == 0 ? split : Hd - split;
+        for (Index s = 0; s < slots; ++s) {
+            const SlotWeights& w = slot_weights[s];
+            T* h = hidden + s * Hd + h0;  // (width)
+            if (w.b1) std::copy_n(w.b1 + h0, width, h);
+            weight_slice_times(h, x + (s / K) * C, w.w1 + h0 * C, width, C, C, w.b1 != nullptr);
+            for (Index i = 0; i < width; ++i) h[i] = std::max(h[i], T(0));
+            T* y = shares + (t * slots + s) * C;  // (C): fc2 over this half's hidden units
+            const bool b2 = t == 0 && w.b2;
+            if (b2) std::copy_n(w.b2, C, y);
+            weight_slice_times(y, h, w.w2 + h0, C, width, Hd, b2);
+        }
+    };
+    if (slots * C * Hd >= (Index(1) << 16)) {
+        parallel_for(2, half);
+    } else {
+        half(0);
+        half(1);
+    }
+    thread_local std::vector<Index> order;  // a token's slots by expert id
+    order.resize(static_cast<std::size_t>(K));
+    for (Index n = 0; n < N; ++n) {
+        for (Index j = 0; j < K; ++j) order[j] = n * K + j;
+        std::sort(order.begin(), order.end(), [&](Index a, Index b) { return experts[a] < experts[b]; });
+        VectorMap<T> o(out + n * C, C);
+        o.setZero();
+        for (Index j = 0; j < K; ++j) {
+            const Index s = order[j];
+            o += gates[s] * (ConstVectorMap<T>(shares + s * C, C) + ConstVectorMap<T>(shares + (slots + s) * C, C));
+        }
+    }
+}
+
 }  // namespace detail
 
 // The fused sparse MoE feed-forward (see the top of this file). x (N, C); gates (N, K); experts
@@ -125,6 +213,22 @@ Tensor<T> moe_experts(const Tensor<T>& x, const Tensor<T>& gates, const std::vec
     }
     SEEMOE_CHECK(dropout_p >= 0 && dropout_p < 1, "[moe_experts] dropout probability must be in [0, 1), got ",
                  dropout_p);
+
+    // Generation (a few tokens, no graph to build, nothing dropped): the inference path.
+    auto builds_graph = [&] {
+        if (!GradMode::is_enabled()) return false;
+        if (x.requires_grad() || gates.requires_grad()) return true;
+        for (Index e = 0; e < E; ++e)
+            for (const Tensor<T>* t : {&fc1_weight[e], &fc1_bias[e], &fc2_weight[e], &fc2_bias[e]})
+                if (t->defined() && t->requires_grad()) return true;
+        return false;
+    };
+    if (N <= detail::kMoEInferenceMaxTokens && !(training && dropout_p > 0) && !builds_graph()) {
+        Tensor<T> out = Tensor<T>::empty({N, C});  // (N, C)
+        detail::moe_experts_inference(out.data(), x.data(), gates.data(), experts, N, C, K, Hd, fc1_weight, fc1_bias,
+                                      fc2_weight, fc2_bias);
+        return out;
+    }
 
     std::vector<Tensor<T>> inputs{x, gates};
     inputs.reserve(static_cast<std::size_t>(2 + 4 * E));
