@@ -380,6 +380,26 @@ TEST_CASE("SparseMoE's fused path equals forward_composed with dropout and route
     CHECK_FALSE(moe.fusable());
 }
 
+TEST_CASE("SparseMoE's fused path sees an expert weight replaced between calls", "[nn][moe][perf]") {
+    Rng rng(26);
+    nn::SparseMoE<double> moe(6, 4, 2, 12, 0.0, rng);
+    moe.eval();
+    Tensord x = Tensord::randn({3, 6}, rng);
+    Rng unused(0);
+    NoGradGuard no_grad;
+    const std::vector<double> before = moe.forward(x, unused).to_vector();
+    // Replace (not modify) the weights of every expert: the next call must use the new tensors.
+    for (auto& expert : moe.experts) {
+        expert.fc1.weight = Tensord::randn({12, 6}, rng);
+        expert.fc2.bias = Tensord::randn({6}, rng);
+    }
+    const std::vector<double> after = moe.forward(x, unused).to_vector();
+    const std::vector<double> composed = moe.forward_composed(x, unused).to_vector();
+    REQUIRE(after.size() == composed.size());
+    CHECK(after != before);
+    for (std::size_t i = 0; i < after.size(); ++i) CHECK(after[i] == Approx(composed[i]).epsilon(1e-12).margin(1e-13));
+}
+
 TEST_CASE("moe_experts rejects bad inputs naming the op", "[ops][moe][perf]") {
     Rng rng(24);
     Tensord x = grad_input({3, 4}, rng), gates = grad_input({3, 2}, rng);

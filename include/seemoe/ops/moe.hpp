@@ -199,10 +199,12 @@ Tensor<T> moe_experts(const Tensor<T>& x, const Tensor<T>& gates, const std::vec
                      "[moe_experts] expert ", e, " has fc1_weight ", shape_str(w1.shape()), " and fc2_weight ",
                      shape_str(w2.shape()), "; need (Hd, C) and (C, Hd) with C = ", C, " from x ",
                      shape_str(x.shape()), " and one Hd for all experts");
-        SEEMOE_CHECK(!fc1_bias[e].defined() || fc1_bias[e].shape() == Shape{Hd}, "[moe_experts] expert ", e,
-                     " fc1_bias ", shape_str(fc1_bias[e].shape()), " should be (", Hd, ",)");
-        SEEMOE_CHECK(!fc2_bias[e].defined() || fc2_bias[e].shape() == Shape{C}, "[moe_experts] expert ", e,
-                     " fc2_bias ", shape_str(fc2_bias[e].shape()), " should be (", C, ",)");
+        SEEMOE_CHECK(!fc1_bias[e].defined() || (fc1_bias[e].dim() == 1 && fc1_bias[e].size(0) == Hd),
+                     "[moe_experts] expert ", e, " fc1_bias ", shape_str(fc1_bias[e].shape()), " should be (", Hd,
+                     ",)");
+        SEEMOE_CHECK(!fc2_bias[e].defined() || (fc2_bias[e].dim() == 1 && fc2_bias[e].size(0) == C),
+                     "[moe_experts] expert ", e, " fc2_bias ", shape_str(fc2_bias[e].shape()), " should be (", C,
+                     ",)");
     }
     for (Index s = 0; s < N * K; ++s) {
         SEEMOE_CHECK(experts[s] >= 0 && experts[s] < E, "[moe_experts] expert id ", experts[s], " at slot ", s,
