@@ -88,23 +88,15 @@ public:
             for (Index t = 0; t < Tn; ++t) {
                 const T* q = q_k_v.data() + (b * Tn + t) * 3 * C + h * D;
                 const Index visible = start + t + 1;                     // causal: keys 0..start+t
-                T max_score = -std::numeric_limits<T>::infinity();
-                for (Index s = 0; s < visible; ++s) {
-                    const T* k = cache.key(b, h, s);
-                    T dot = 0;
-                    for (Index d = 0; d < D; ++d) dot += q[d] * k[d];
-                    scores[s] = dot * scale;
-                    max_score = std::max(max_score, scores[s]);
-                }
-                T denom = 0;
-                for (Index s = 0; s < visible; ++s) denom += (scores[s] = std::exp(scores[s] - max_score));
-                T* out = heads.data() + (b * Tn + t) * C + h * D;
-                std::fill_n(out, D, T(0));
-                for (Index s = 0; s < visible; ++s) {
-                    const T w = scores[s] / denom;
-                    const T* v = cache.value(b, h, s);
-                    for (Index d = 0; d < D; ++d) out[d] += w * v[d];
-                }
+                // The keys (and values) of one head are rows D apart: scores = K q, out = V^T p.
+                const ConstMatrixMap<T> keys(cache.key(b, h, 0), visible, D);      // (visible, D)
+                const ConstMatrixMap<T> values(cache.value(b, h, 0), visible, D);  // (visible, D)
+                VectorMap<T> score(scores, visible);
+                score.noalias() = keys * ConstVectorMap<T>(q, D);
+                score *= scale;
+                score = (score.array() - score.maxCoeff()).exp().matrix();
+                score /= score.sum();
+                VectorMap<T>(heads.data() + (b * Tn + t) * C + h * D, D).noalias() = values.transpose() * score;
             }
         };
         // One new token attends over a few dozen keys: far less work than waking a thread.
