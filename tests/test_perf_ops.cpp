@@ -280,7 +280,7 @@ TEST_CASE("moe_experts' inference path (a few tokens, no graph) equals the compo
     struct Size {
         Index C, Hd;
     };
-    for (Size size : {Size{5, 7}, Size{64, 513}})
+    for (Size size : {Size{5, 7}, Size{4, 1}, Size{64, 513}})
         for (Index N : {1, 3, 8})
             for (bool with_bias : {true, false}) {
                 const Index C = size.C, Hd = size.Hd, K = 2, E = 4;
@@ -297,6 +297,7 @@ TEST_CASE("moe_experts' inference path (a few tokens, no graph) equals the compo
                     Rng unused(6);
                     Tensord out = moe_experts(x, gates, experts, w.w1, w.b1, w.w2, w.b2, 0.4, false, unused);
                     CHECK_FALSE(out.requires_grad());
+                    CHECK(out.op() == std::string("moe_experts"));
                     CHECK(unused.uniform() == Rng(6).uniform());  // nothing drawn
                     by_threads.push_back(out.to_vector());
                 }
@@ -339,6 +340,20 @@ TEST_CASE("moe_experts builds the graph when one is needed, even for a single to
     Rng r(7);
     Tensord out = moe_experts(x, gates, experts, w.w1, w.b1, w.w2, w.b2, 0.0, false, r);
     CHECK(out.requires_grad());
+    CHECK(out.op() == std::string("moe_experts"));
+    // Only one weight asks for a gradient: still a graph, and that weight gets its gradient.
+    {
+        Tensord x_const = x.detach(), gates_const = gates.detach();
+        ExpertSet frozen = make_experts(E, C, Hd, rng);
+        for (auto* list : {&frozen.w1, &frozen.b1, &frozen.w2, &frozen.b2})
+            for (Tensord& t : *list) t = t.detach();
+        frozen.w2[experts[0]] = grad_input({C, Hd}, rng);
+        Tensord y = moe_experts(x_const, gates_const, experts, frozen.w1, frozen.b1, frozen.w2, frozen.b2, 0.0,
+                                false, r);
+        REQUIRE(y.requires_grad());
+        y.backward(Tensord::ones({N, C}));
+        CHECK(frozen.w2[experts[0]].has_grad());
+    }
     // With dropout in training the masks are drawn, as the composed form draws them.
     NoGradGuard no_grad;
     Rng fused_rng(8), composed_rng(8);

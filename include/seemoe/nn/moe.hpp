@@ -14,6 +14,8 @@
 // the experts are not plain ReLU MLPs with one dropout probability.
 #pragma once
 
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -90,9 +92,9 @@ public:
         Routing<T> routing = router.forward(tokens, rng);                     // gates (N, K)
         last_tokens_per_expert.assign(E, 0);
         for (Index e : routing.experts) ++last_tokens_per_expert[e];
-        const ExpertWeights& w = expert_weights();
+        const std::shared_ptr<const ExpertWeights> w = expert_weights();
         const Dropout<T>& drop = experts.front().drop;
-        Tensor<T> out = moe_experts(tokens, routing.gates, routing.experts, w.w1, w.b1, w.w2, w.b2, drop.p,
+        Tensor<T> out = moe_experts(tokens, routing.gates, routing.experts, w->w1, w->b1, w->w2, w->b2, drop.p,
                                     drop.is_training(), rng);                  // (N, C)
         return reshape(out, x.shape());                                       // (..., C)
     }
@@ -161,31 +163,57 @@ protected:
 private:
     // The experts' weights as the lists moe_experts takes. They are kept from one call to the next
     // because building them copies 4E tensors, each an atomic reference-count change: about 2 us
-    // a call on the development machine, a sixth of a generated token's MoE layer. They are
-    // rebuilt whenever an expert's weight is no longer the very tensor they hold.
+    // a call on the development machine, a sixth of a generated token's MoE layer. A call takes a
+    // snapshot (a shared_ptr, so calls from several threads are safe) and builds a new one
+    // whenever an expert's weight is no longer the very tensor the snapshot holds. A replaced
+    // weight therefore stays in memory until the next call.
     struct ExpertWeights {
         std::vector<Tensor<T>> w1, b1, w2, b2;
     };
-    const ExpertWeights& expert_weights() const {
-        ExpertWeights& w = expert_weights_;
-        bool current = w.w1.size() == experts.size();
+    // One shared_ptr that several threads may read and replace, under a mutex (std::atomic_load
+    // on a shared_ptr is deprecated in C++20). A copy starts empty, so the module stays copyable.
+    class Snapshot {
+    public:
+        Snapshot() = default;
+        Snapshot(const Snapshot&) {}
+        Snapshot& operator=(const Snapshot&) {
+            set(nullptr);
+            return *this;
+        }
+        std::shared_ptr<const ExpertWeights> get() const {
+            std::lock_guard<std::mutex> lock(mutex_);
+            return value_;
+        }
+        void set(std::shared_ptr<const ExpertWeights> value) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            value_ = std::move(value);
+        }
+
+    private:
+        mutable std::mutex mutex_;
+        std::shared_ptr<const ExpertWeights> value_;
+    };
+    std::shared_ptr<const ExpertWeights> expert_weights() const {
+        std::shared_ptr<const ExpertWeights> w = expert_weights_.get();
+        bool current = w && w->w1.size() == experts.size();
         for (std::size_t e = 0; current && e < experts.size(); ++e) {
             const Expert<T>& expert = experts[e];
-            current = w.w1[e].same_node(expert.fc1.weight) && w.b1[e].same_node(expert.fc1.bias) &&
-                      w.w2[e].same_node(expert.fc2.weight) && w.b2[e].same_node(expert.fc2.bias);
+            current = w->w1[e].same_node(expert.fc1.weight) && w->b1[e].same_node(expert.fc1.bias) &&
+                      w->w2[e].same_node(expert.fc2.weight) && w->b2[e].same_node(expert.fc2.bias);
         }
-        if (!current) {
-            w = ExpertWeights();
-            for (const auto& expert : experts) {
-                w.w1.push_back(expert.fc1.weight);
-                w.b1.push_back(expert.fc1.bias);
-                w.w2.push_back(expert.fc2.weight);
-                w.b2.push_back(expert.fc2.bias);
-            }
+        if (current) return w;
+        auto fresh = std::make_shared<ExpertWeights>();
+        for (const auto& expert : experts) {
+            fresh->w1.push_back(expert.fc1.weight);
+            fresh->b1.push_back(expert.fc1.bias);
+            fresh->w2.push_back(expert.fc2.weight);
+            fresh->b2.push_back(expert.fc2.bias);
         }
-        return w;
+        std::shared_ptr<const ExpertWeights> snapshot = std::move(fresh);
+        expert_weights_.set(snapshot);
+        return snapshot;
     }
-    mutable ExpertWeights expert_weights_;
+    mutable Snapshot expert_weights_;
 };
 
 }  // namespace seemoe::nn

@@ -104,13 +104,15 @@ void weight_slice_times(T* c, const T* a, const T* w, Index rows, Index K, Index
 inline constexpr Index kMoEInferenceMaxTokens = 8;
 
 // The inference path (generation: one token a step): no graph, no dropout, no routing tables.
-// Every expert's hidden units are cut in two halves, and thread t always takes half t: its part of
-// relu(fc1) and that part's share of fc2 (a product over its hidden units only). A token's output
-// adds the two shares, gate-weighted, experts in id order. So both threads stream weights whatever
-// the experts a token meets, and each keeps reading the same half of every expert, which stays in
-// its own caches from one token to the next (measured: 34 MB of experts, two per step, 20.5 -> 16.7
-// us per step against one whole expert per thread). The shares are added the same way on one
-// thread, so the result does not depend on the thread count.
+// Every expert's hidden units are cut in two halves, each computed as its part of relu(fc1) and
+// that part's share of fc2 (a product over its hidden units only); a token's output adds the two
+// shares, gate-weighted, experts in id order. The two halves are one parallel_for of two items:
+// the calling thread takes half 0 and a worker half 1 (unless it is late), so both stream weights
+// whatever the experts a token meets, and each keeps reading the same half of every expert, which
+// stays in its own caches from one token to the next (measured: 34 MB of experts, two per step,
+// 20.5 -> 16.7 us per step against one whole expert per thread). The shares are added the same
+// way on one thread, so the result does not depend on the thread count (and more than two
+// threads do not split it further).
 template <typename T>
 void moe_experts_inference(T* out, const T* x, const T* gates, const std::vector<Index>& experts, Index N, Index C,
                            Index K, Index Hd, const std::vector<Tensor<T>>& fc1_weight,
@@ -226,7 +228,7 @@ Tensor<T> moe_experts(const Tensor<T>& x, const Tensor<T>& gates, const std::vec
         return false;
     };
     if (N <= detail::kMoEInferenceMaxTokens && !(training && dropout_p > 0) && !builds_graph()) {
-        Tensor<T> out = Tensor<T>::empty({N, C});  // (N, C)
+        Tensor<T> out = detail::make_op_result<T>({N, C}, "moe_experts", {&x, &gates});  // (N, C), no graph
         detail::moe_experts_inference(out.data(), x.data(), gates.data(), experts, N, C, K, Hd, fc1_weight, fc1_bias,
                                       fc2_weight, fc2_bias);
         return out;
