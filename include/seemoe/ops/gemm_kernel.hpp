@@ -246,7 +246,7 @@ inline void keep_in_register(__m512& v) {
 // one line of each of the kDotCols rows of W at next_w (ldw apart).
 template <int rows, int cols>
 inline void dot_tile(Index K, const float* a, Index lda, const float* w, Index ldw, float* c, Index ldc, bool add,
-                     const float* next_w = nullptr, Index pf_begin = 0, Index pf_end = 0) {
+                     const float* next_w, Index pf_begin, Index pf_end) {
     __m512 acc[rows][cols];
 #pragma GCC unroll 8
     for (int r = 0; r < rows; ++r)
@@ -337,18 +337,17 @@ inline void dot_kernel(Index M, Index N, Index K, const float* a, Index lda, con
             const Index tiles = (M + kDotRows - 1) / kDotRows;
             for (Index i = 0; i < M; i += kDotRows) {
                 const Index rows = std::min(kDotRows, M - i);
-                const Index tile = i / kDotRows;
-                const Index pf_begin = next_w ? kc * tile / tiles / 16 * 16 : 0;  // this tile's share
+                const Index tile = i / kDotRows;  // prefetches depth [pf_begin, pf_end), none without next_w
+                const Index pf_begin = kc * tile / tiles / 16 * 16;
                 const Index pf_end = next_w ? (kc * (tile + 1) / tiles + 15) / 16 * 16 : 0;
-                const float* pf = next_w;
                 const float* ai = a + i * lda + k0;
                 const float* wj = w + j * ldw + k0;
                 float* cij = c + i * ldc + j;
                 switch (rows) {
-                    case 1: dot_tile_rows<1>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, pf, pf_begin, pf_end); break;
-                    case 2: dot_tile_rows<2>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, pf, pf_begin, pf_end); break;
-                    case 3: dot_tile_rows<3>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, pf, pf_begin, pf_end); break;
-                    default: dot_tile_rows<4>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, pf, pf_begin, pf_end); break;
+                    case 1: dot_tile_rows<1>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, next_w, pf_begin, pf_end); break;
+                    case 2: dot_tile_rows<2>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, next_w, pf_begin, pf_end); break;
+                    case 3: dot_tile_rows<3>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, next_w, pf_begin, pf_end); break;
+                    default: dot_tile_rows<4>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, next_w, pf_begin, pf_end); break;
                 }
             }
         }

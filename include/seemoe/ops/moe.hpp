@@ -89,8 +89,7 @@ void weight_slice_times(T* c, const T* a, const T* w, Index rows, Index K, Index
     if constexpr (std::is_same_v<T, float> && kSgemmKernelAvailable) {
         sgemm_rows(1, rows, K, a, K, w, ldw, c, rows, accumulate);
     } else {
-        using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-        const Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>> weight(w, rows, K, Eigen::OuterStride<>(ldw));
+        const Eigen::Map<const MatrixRM<T>, 0, Eigen::OuterStride<>> weight(w, rows, K, Eigen::OuterStride<>(ldw));
         VectorMap<T> out(c, rows);
         if (accumulate) {
             out.noalias() += weight * ConstVectorMap<T>(a, K);
