@@ -292,3 +292,36 @@ TEST_CASE("self_attention rejects shapes that do not split into heads", "[ops]")
     CHECK_THROWS_WITH(self_attention(Tensord::zeros({2, 3, 12}), 0, false),
                       Catch::Contains("[self_attention]") && Catch::Contains("0 heads"));
 }
+
+TEST_CASE("cached_self_attention: feeding a sequence in pieces equals causal self_attention", "[ops]") {
+    Rng rng(21);
+    const Index B = 2, T = 5, H = 2, C = 6;
+    const Tensord qkv = Tensord::randn({B, T, 3 * C}, rng);
+    const Tensord full = seemoe::self_attention(qkv, H, true);  // (B, T, C)
+    seemoe::KVCache<double> cache;
+    cache.reset(B, H, C / H, T);
+    // Three positions at once (a prompt), then one at a time (generation).
+    Index done = 0;
+    for (Index piece : {3, 1, 1}) {
+        Tensord rows = Tensord::empty({B, piece, 3 * C});
+        for (Index b = 0; b < B; ++b)
+            for (Index t = 0; t < piece; ++t)
+                for (Index c = 0; c < 3 * C; ++c) rows.at({b, t, c}) = qkv.at({b, done + t, c});
+        const Tensord out = seemoe::cached_self_attention(rows, H, cache);  // (B, piece, C)
+        REQUIRE(out.shape() == seemoe::Shape{B, piece, C});
+        for (Index b = 0; b < B; ++b)
+            for (Index t = 0; t < piece; ++t)
+                for (Index c = 0; c < C; ++c)
+                    CHECK(out.at({b, t, c}) == Approx(full.at({b, done + t, c})).epsilon(1e-12));
+        done += piece;
+        CHECK(cache.length == done);
+    }
+    CHECK_THROWS_WITH(seemoe::cached_self_attention(Tensord::zeros({B, 1, 3 * C}), H, cache),
+                      Catch::Contains("KV cache full"));
+    seemoe::KVCache<double> unset;
+    CHECK_THROWS_WITH(seemoe::cached_self_attention(Tensord::zeros({B, 1, 3 * C}), H, unset),
+                      Catch::Contains("was not reset"));
+    cache.reset(B + 1, H, C / H, T);
+    CHECK_THROWS_WITH(seemoe::cached_self_attention(Tensord::zeros({B, 1, 3 * C}), H, cache),
+                      Catch::Contains("does not match"));
+}

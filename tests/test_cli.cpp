@@ -9,7 +9,7 @@
 
 #ifdef SEEMOE_CLI_PATH
 
-#include <seemoe/io/checkpoint.hpp>
+#include <seemoe/nn/checkpoint.hpp>
 #include <seemoe/io/json.hpp>
 
 #include <sys/wait.h>
@@ -148,7 +148,7 @@ TEST_CASE("seemoe train, caption and eval run end to end on the tiny data", "[cl
         CHECK(rows[8].contains(key));
 
     // The checkpoint carries its config and vocabulary and loads into the library.
-    const seemoe::io::LoadedModel loaded = seemoe::io::load_model((run_dir / "model.safetensors").string());
+    const seemoe::nn::LoadedModel loaded = seemoe::nn::load_model((run_dir / "model.safetensors").string());
     CHECK(loaded.config.vision.image_size == 32);
     CHECK(loaded.config.decoder.n_layer == 2);
     CHECK(loaded.metadata.count("vocab") == 1);

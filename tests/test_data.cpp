@@ -276,7 +276,7 @@ TEST_CASE("image: undecodable, empty and missing files throw naming them", "[dat
     truncated.resize(truncated.size() / 2);
     CHECK_THROWS_WITH(decode_image(truncated, "half.png"), Catch::Contains("cannot decode half.png"));
     CHECK_THROWS_WITH(load_image("/nonexistent/seemoe/a.png"),
-                      Catch::Contains("cannot open /nonexistent/seemoe/a.png"));
+                      Catch::Contains("cannot open '/nonexistent/seemoe/a.png'"));
 }
 
 // ---- resize and normalisation --------------------------------------------------------------

@@ -3,6 +3,7 @@
 // files and atomic writes.
 #include <catch2/catch.hpp>
 
+#include <seemoe/io/file.hpp>
 #include <seemoe/io/json.hpp>
 #include <seemoe/io/safetensors.hpp>
 

@@ -1,5 +1,5 @@
 // Tests for ops/shape_ops.hpp: views (reshape, flatten, unsqueeze, squeeze) and copies (permute,
-// transpose, concat, slice, narrow, select).
+// transpose, concat, slice, narrow, select, patchify).
 #include <catch2/catch.hpp>
 
 #include <seemoe/ops/shape_ops.hpp>
@@ -228,4 +228,29 @@ TEST_CASE("shape ops: bad inputs throw naming the op and the shapes", "[ops]") {
     CHECK_THROWS_WITH(squeeze(a, 1), Catch::Contains("[squeeze] axis 1 has size 3, not 1, in shape (2, 3, 4)"));
     CHECK_THROWS_WITH(unsqueeze(a, 4), Catch::Contains("[unsqueeze] axis 4 is out of range"));
     CHECK_THROWS_WITH(flatten(a, 2, 1), Catch::Contains("[flatten] start_axis 2 comes after end_axis 1"));
+}
+
+TEST_CASE("patchify: known layout, gradient scatters back, bad sizes rejected", "[ops]") {
+    // One 2-channel 4x4 image, patch 2: pixel (c, y, x) holds c*100 + y*10 + x.
+    Tensord image = Tensord::empty({1, 2, 4, 4});
+    for (Index c = 0; c < 2; ++c)
+        for (Index y = 0; y < 4; ++y)
+            for (Index x = 0; x < 4; ++x) image.at({0, c, y, x}) = c * 100 + y * 10 + x;
+    const Tensord patches = patchify(image, 2);  // (1, 4, 8)
+    REQUIRE(patches.shape() == Shape{1, 4, 8});
+    // Patch 1 is grid row 0, column 1 (pixels x = 2..3, y = 0..1), in (channel, row, column) order.
+    const std::vector<double> expected = {2, 3, 12, 13, 102, 103, 112, 113};
+    for (Index i = 0; i < 8; ++i) CHECK(patches.at({0, 1, i}) == expected[static_cast<std::size_t>(i)]);
+    // Patch 2 is grid row 1, column 0.
+    CHECK(patches.at({0, 2, 0}) == 20);
+    CHECK(patches.at({0, 2, 7}) == 131);
+    CHECK(std::string(patches.op()) == "patchify");
+
+    Rng rng(11);
+    Tensord images = grad_input({2, 3, 6, 6}, rng);
+    CHECK_GRADCHECK(gradcheck([](const std::vector<Tensord>& in) { return patchify(in[0], 3); }, {images}));
+
+    CHECK_THROWS_WITH(patchify(Tensord::zeros({1, 3, 6, 4}), 2), Catch::Contains("[patchify]"));
+    CHECK_THROWS_WITH(patchify(Tensord::zeros({1, 3, 6, 6}), 4), Catch::Contains("not a multiple"));
+    CHECK_THROWS_WITH(patchify(Tensord::zeros({3, 6, 6}), 2), Catch::Contains("[patchify]"));
 }

@@ -98,11 +98,11 @@ TEST_CASE("checkpoint save -> load is bitwise and reproduces the logits", "[io][
     config.visual_tokens = nn::VisualTokens::Patches;
     nn::VisionMoELanguageModel<float> model(config, rng);
     model.eval();
-    io::save_model(path, model, {{"config", io::config_to_json(config).dump()}});
+    nn::save_model(path, model, {{"config", nn::config_to_json(config).dump()}});
 
-    io::LoadedModel loaded = io::load_model(path);
+    nn::LoadedModel loaded = nn::load_model(path);
     loaded.model.eval();
-    CHECK(io::config_to_json(loaded.config) == io::config_to_json(config));
+    CHECK(nn::config_to_json(loaded.config) == nn::config_to_json(config));
     auto original = model.named_parameters();
     auto restored = loaded.model.named_parameters();
     REQUIRE(original.size() == restored.size());
@@ -122,21 +122,21 @@ TEST_CASE("checkpoint save -> load is bitwise and reproduces the logits", "[io][
     auto missing = params;
     missing.erase(missing.begin() + 5);
     const std::string missing_path = (dir / "missing.safetensors").string();
-    io::save_safetensors(missing_path, missing, {{"config", io::config_to_json(config).dump()}});
-    CHECK_THROWS_WITH(io::load_model(missing_path), Catch::Contains(params[5].first));
+    io::save_safetensors(missing_path, missing, {{"config", nn::config_to_json(config).dump()}});
+    CHECK_THROWS_WITH(nn::load_model(missing_path), Catch::Contains(params[5].first));
 
     auto misshaped = params;
     misshaped[7].second = Tensorf::zeros({3});
     const std::string misshaped_path = (dir / "misshaped.safetensors").string();
-    io::save_safetensors(misshaped_path, misshaped, {{"config", io::config_to_json(config).dump()}});
-    CHECK_THROWS_WITH(io::load_model(misshaped_path),
+    io::save_safetensors(misshaped_path, misshaped, {{"config", nn::config_to_json(config).dump()}});
+    CHECK_THROWS_WITH(nn::load_model(misshaped_path),
                       Catch::Contains(params[7].first) && Catch::Contains("shape"));
 
     auto extra = params;
     extra.emplace_back("decoder.unexpected.weight", Tensorf::zeros({2}));
     const std::string extra_path = (dir / "extra.safetensors").string();
-    io::save_safetensors(extra_path, extra, {{"config", io::config_to_json(config).dump()}});
-    CHECK_THROWS_WITH(io::load_model(extra_path), Catch::Contains("decoder.unexpected.weight"));
+    io::save_safetensors(extra_path, extra, {{"config", nn::config_to_json(config).dump()}});
+    CHECK_THROWS_WITH(nn::load_model(extra_path), Catch::Contains("decoder.unexpected.weight"));
 
     std::filesystem::remove_all(dir);
 }
@@ -155,12 +155,12 @@ TEST_CASE("training state round trip restores AdamW moments, steps and the rng",
         model.loss(images, ids, targets, 3, rng).backward();
         optimizer.step();
     }
-    io::save_training_state(path, model, optimizer, 2, rng);
+    nn::save_training_state(path, model, optimizer, 2, rng);
     const double next_draw = Rng(rng).uniform();
 
     AdamW<float> fresh(model.parameters());
     Rng other(99);
-    CHECK(io::load_training_state(path, model, fresh, other) == 2);
+    CHECK(nn::load_training_state(path, model, fresh, other) == 2);
     CHECK(other.uniform() == next_draw);
     for (std::size_t i = 0; i < optimizer.state().size(); ++i) {
         CHECK(fresh.state()[i].step == optimizer.state()[i].step);

@@ -117,7 +117,7 @@ inline Checkpoint load_checkpoint(const std::string& given) {
                              "runs/demo)";
     std::error_code ec;
     if (!fs::exists(ck.path, ec)) throw CliError("checkpoint " + ck.path + " does not exist", hint);
-    seemoe::io::LoadedModel loaded = with_hint(hint, [&] { return seemoe::io::load_model(ck.path); });
+    seemoe::nn::LoadedModel loaded = with_hint(hint, [&] { return seemoe::nn::load_model(ck.path); });
     ck.model = std::move(loaded.model);
     ck.metadata = std::move(loaded.metadata);
     const auto vocab = ck.metadata.find("vocab");

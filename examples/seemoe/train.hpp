@@ -176,13 +176,13 @@ inline void save_checkpoint(const RunFiles& files, Model& model, const seemoe::A
     const std::string step_text = std::to_string(step);
     // Model first: a crash between the two writes leaves a newer model than state, which resume
     // detects by comparing their steps.
-    seemoe::io::save_model(files.model.string(), model,
+    seemoe::nn::save_model(files.model.string(), model,
                            {{"format", "seemoe vision MoE language model"},
-                            {"config", seemoe::io::config_to_json(model.config).dump()},
+                            {"config", seemoe::nn::config_to_json(model.config).dump()},
                             {"vocab", tokenizer.to_json()},
                             {"step", step_text},
                             {"preset", settings.preset}});
-    seemoe::io::save_training_state(files.state.string(), model, optimizer, step, rng,
+    seemoe::nn::save_training_state(files.state.string(), model, optimizer, step, rng,
                                     {{"train", settings.to_json().dump()}});
 }
 
@@ -293,7 +293,7 @@ inline RunState restore_run(const Args& args, const RunFiles& files) {
     run.tokenizer = ck.tokenizer;
     run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters());
     run.start_step = with_hint(hint, [&] {
-        return seemoe::io::load_training_state(files.state.string(), run.model, *run.optimizer, run.rng);
+        return seemoe::nn::load_training_state(files.state.string(), run.model, *run.optimizer, run.rng);
     });
     if (run.start_step != ck.step)
         throw CliError(format("%s is from step %lld but %s from step %lld (interrupted while saving?)",
@@ -308,7 +308,7 @@ inline RunState restore_run(const Args& args, const RunFiles& files) {
     // Model flags may restate the checkpoint's sizes but not change them.
     VLMConfig requested = run.model.config;
     apply_model_flags(args, requested);
-    if (seemoe::io::config_to_json(requested) != seemoe::io::config_to_json(run.model.config))
+    if (seemoe::nn::config_to_json(requested) != seemoe::nn::config_to_json(run.model.config))
         throw CliError("model size flags differ from the checkpoint in " + files.out.string(),
                        "drop the model size flags when resuming (the model's sizes are fixed)");
     return run;

@@ -3,11 +3,16 @@
 // seemoe is a header-only C++17 tensor + reverse-mode autograd library on Eigen, and the layers of
 // a small mixture-of-experts vision-language model (seeMoE) built from it. Include this one header,
 // link the CMake target seemoe::seemoe, and see README.md for a tour.
+//
+// Layers: core <- ops, optim <- nn. io (file formats) and data (data sets) use core and each other
+// only; nn/checkpoint.hpp, the model's checkpoint, is where a model meets the file formats.
 #pragma once
 
-// core: Index, Error, Rng; shapes; the autograd graph; Tensor<T>; the thread pool
+// core: Index, Error, Rng; shapes; UTF-8; buffers; the autograd graph; Tensor<T>; the thread pool
 #include "core/common.hpp"
 #include "core/shape.hpp"
+#include "core/utf8.hpp"
+#include "core/storage.hpp"
 #include "core/autograd.hpp"
 #include "core/tensor.hpp"
 #include "core/parallel.hpp"
@@ -22,7 +27,25 @@
 #include "ops/attention.hpp"
 #include "ops/moe.hpp"
 
-// nn: modules named like their PyTorch counterparts
+// optim: SGD, Adam/AdamW, schedules, clipping
+#include "optim/sgd.hpp"
+#include "optim/adam.hpp"
+#include "optim/schedule.hpp"
+#include "optim/clip.hpp"
+
+// io: file formats only: whole files and atomic writes, JSON, safetensors
+#include "io/file.hpp"
+#include "io/json.hpp"
+#include "io/safetensors.hpp"
+
+// data: captions.csv folders, images through stb_image, the character tokenizer, batching
+#include "data/csv.hpp"
+#include "data/base64.hpp"
+#include "data/image.hpp"
+#include "data/tokenizer.hpp"
+#include "data/dataset.hpp"
+
+// nn: modules named like their PyTorch counterparts, the model, and its checkpoint
 #include "nn/module.hpp"
 #include "nn/linear.hpp"
 #include "nn/embedding.hpp"
@@ -34,21 +57,4 @@
 #include "nn/moe.hpp"
 #include "nn/decoder.hpp"
 #include "nn/vlm.hpp"
-
-// optim: SGD, Adam/AdamW, schedules, clipping
-#include "optim/sgd.hpp"
-#include "optim/adam.hpp"
-#include "optim/schedule.hpp"
-#include "optim/clip.hpp"
-
-// data: captions.csv folders, images through stb_image, the character tokenizer, batching
-#include "data/csv.hpp"
-#include "data/base64.hpp"
-#include "data/image.hpp"
-#include "data/tokenizer.hpp"
-#include "data/dataset.hpp"
-
-// io: JSON, safetensors, checkpoints
-#include "io/json.hpp"
-#include "io/safetensors.hpp"
-#include "io/checkpoint.hpp"
+#include "nn/checkpoint.hpp"

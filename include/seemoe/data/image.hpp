@@ -18,17 +18,15 @@
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
 #include "../core/tensor.hpp"
+#include "../io/file.hpp"
 
 namespace seemoe::data {
 
@@ -66,22 +64,10 @@ inline Image decode_image(const std::vector<std::uint8_t>& bytes, const std::str
     return decode_image(bytes.data(), bytes.size(), name);
 }
 
-// Reads the whole file into memory.
-inline std::vector<std::uint8_t> read_file_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        const int err = errno;
-        throw Error(detail::concat("[read_file] cannot open ", path, ": ",
-                                   err ? std::strerror(err) : "unknown error"));
-    }
-    std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    SEEMOE_CHECK(!in.bad(), "[read_file] error while reading ", path);
-    return bytes;
-}
-
 // Decodes an image file.
 inline Image load_image(const std::string& path) {
-    return decode_image(read_file_bytes(path), path);
+    const std::string bytes = io::read_file(path);
+    return decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), path);
 }
 
 // How resize samples the source.

@@ -21,47 +21,8 @@
 #include <vector>
 
 #include "../core/common.hpp"
+#include "../core/utf8.hpp"
 #include "../io/json.hpp"
-
-namespace seemoe::detail {
-
-// Decodes the UTF-8 code point starting at text[pos]; sets `length` to its byte count. Returns
-// false for a malformed sequence (bad lead or continuation byte, overlong form, surrogate, or
-// beyond U+10FFFF).
-inline bool next_code_point(std::string_view text, std::size_t pos, std::uint32_t& cp, std::size_t& length) {
-    const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
-    const unsigned char lead = byte(pos);
-    std::uint32_t min_value;
-    if (lead < 0x80) {
-        cp = lead;
-        length = 1;
-        return true;
-    } else if ((lead & 0xE0) == 0xC0) {
-        cp = lead & 0x1Fu, length = 2, min_value = 0x80;
-    } else if ((lead & 0xF0) == 0xE0) {
-        cp = lead & 0x0Fu, length = 3, min_value = 0x800;
-    } else if ((lead & 0xF8) == 0xF0) {
-        cp = lead & 0x07u, length = 4, min_value = 0x10000;
-    } else {
-        return false;
-    }
-    if (pos + length > text.size()) return false;
-    for (std::size_t k = 1; k < length; ++k) {
-        if ((byte(pos + k) & 0xC0) != 0x80) return false;
-        cp = (cp << 6) | (byte(pos + k) & 0x3Fu);
-    }
-    return cp >= min_value && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
-}
-
-// "U+00E9"
-inline std::string code_point_str(std::uint32_t cp) {
-    static const char hex[] = "0123456789ABCDEF";
-    std::string digits;
-    for (int shift = cp > 0xFFFF ? 20 : 12; shift >= 0; shift -= 4) digits += hex[(cp >> shift) & 15];
-    return "U+" + digits;
-}
-
-}  // namespace seemoe::detail
 
 namespace seemoe::data {
 
@@ -94,7 +55,7 @@ public:
         std::vector<std::string> tokens;
         for (std::uint32_t cp : chars) {
             std::string s;
-            io::detail::append_utf8(s, cp);
+            detail::append_utf8(s, cp);
             tokens.push_back(std::move(s));
         }
         return CharTokenizer(std::move(tokens), true);

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "../core/common.hpp"
+#include "../core/utf8.hpp"
 
 namespace seemoe::io {
 
@@ -214,53 +215,6 @@ private:
 
 namespace detail {
 
-// Length of the valid UTF-8 sequence starting at text[pos], or 0 if it is not one (overlong
-// forms, surrogates and code points above U+10FFFF are invalid, as RFC 3629 says).
-inline std::size_t utf8_sequence_length(std::string_view text, std::size_t pos) {
-    const auto byte = [&](std::size_t i) -> unsigned {
-        return pos + i < text.size() ? static_cast<unsigned char>(text[pos + i]) : 0u;
-    };
-    const auto continuation = [&](std::size_t i) { return (byte(i) & 0xC0u) == 0x80u; };
-    const unsigned b0 = byte(0);
-    if (b0 < 0x80) return 1;
-    if (b0 >= 0xC2 && b0 <= 0xDF) return continuation(1) ? 2 : 0;
-    if (b0 >= 0xE0 && b0 <= 0xEF) {
-        const unsigned b1 = byte(1);
-        // E0 needs A0..BF (no overlongs); ED needs 80..9F (no surrogates).
-        const bool second_ok = b0 == 0xE0 ? (b1 >= 0xA0 && b1 <= 0xBF)
-                               : b0 == 0xED ? (b1 >= 0x80 && b1 <= 0x9F)
-                                            : continuation(1);
-        return second_ok && continuation(2) ? 3 : 0;
-    }
-    if (b0 >= 0xF0 && b0 <= 0xF4) {
-        const unsigned b1 = byte(1);
-        // F0 needs 90..BF (no overlongs); F4 needs 80..8F (nothing above U+10FFFF).
-        const bool second_ok = b0 == 0xF0 ? (b1 >= 0x90 && b1 <= 0xBF)
-                               : b0 == 0xF4 ? (b1 >= 0x80 && b1 <= 0x8F)
-                                            : continuation(1);
-        return second_ok && continuation(2) && continuation(3) ? 4 : 0;
-    }
-    return 0;
-}
-
-inline void append_utf8(std::string& out, std::uint32_t code_point) {
-    if (code_point < 0x80) {
-        out += static_cast<char>(code_point);
-    } else if (code_point < 0x800) {
-        out += static_cast<char>(0xC0 | (code_point >> 6));
-        out += static_cast<char>(0x80 | (code_point & 0x3F));
-    } else if (code_point < 0x10000) {
-        out += static_cast<char>(0xE0 | (code_point >> 12));
-        out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (code_point & 0x3F));
-    } else {
-        out += static_cast<char>(0xF0 | (code_point >> 18));
-        out += static_cast<char>(0x80 | ((code_point >> 12) & 0x3F));
-        out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (code_point & 0x3F));
-    }
-}
-
 inline void append_json_string(std::string& out, std::string_view text) {
     static const char hex[] = "0123456789abcdef";
     out += '"';
@@ -268,7 +222,7 @@ inline void append_json_string(std::string& out, std::string_view text) {
     while (pos < text.size()) {
         const unsigned char c = static_cast<unsigned char>(text[pos]);
         if (c >= 0x80) {
-            const std::size_t length = utf8_sequence_length(text, pos);
+            const std::size_t length = seemoe::detail::utf8_sequence_length(text, pos);
             SEEMOE_CHECK(length > 0, "[json] cannot write a string that is not valid UTF-8 "
                          "(bad byte at offset ", pos, " of a ", text.size(), "-byte string)");
             out.append(text.data() + pos, length);
@@ -527,7 +481,7 @@ private:
             }
             if (c < 0x20) fail("raw control character ", describe(pos_), " in a string (escape it)");
             if (c >= 0x80) {
-                const std::size_t length = utf8_sequence_length(text_, pos_);
+                const std::size_t length = seemoe::detail::utf8_sequence_length(text_, pos_);
                 if (length == 0) fail("invalid UTF-8 in a string");
                 out.append(text_.data() + pos_, length);
                 pos_ += length;
@@ -565,7 +519,7 @@ private:
                             fail_at(escape_start, "high surrogate \\u escape without its low half");
                         code_point = 0x10000 + ((code_point - 0xD800) << 10) + (low - 0xDC00);
                     }
-                    append_utf8(out, code_point);
+                    seemoe::detail::append_utf8(out, code_point);
                     break;
                 }
                 default: fail_at(escape_start, "invalid escape '\\", e, "' in a string");

@@ -1,4 +1,4 @@
-// seemoe/io/safetensors.hpp — read and write tensors in the safetensors format, atomically.
+// seemoe/io/safetensors.hpp — read and write tensors in the safetensors format.
 //
 // A safetensors file is: 8 bytes, the header length N as a little-endian u64; N bytes of JSON,
 //   {"__metadata__":{"key":"value",...},
@@ -13,10 +13,10 @@
 //   SafetensorsFile file = load_safetensors("model.safetensors");
 //   Tensorf w2 = file.at("fc.weight");
 //
-// Convention: every write goes to path + ".tmp" and is renamed over `path` only when complete,
-// so a crash never leaves a half-written checkpoint. Reading checks everything (sizes, dtypes,
-// offsets that overlap, leave gaps or disagree with the shape) and throws seemoe::Error naming
-// the file and the tensor. F32 loads bit for bit; F64, F16, BF16 and the integer dtypes are
+// Convention: every write is atomic (io/file.hpp: path + ".tmp", renamed over `path` only when
+// complete), so a crash never leaves a half-written checkpoint. Reading checks everything
+// (sizes, dtypes, offsets that overlap, leave gaps or disagree with the shape) and throws
+// seemoe::Error naming the file and the tensor. F32 loads bit for bit; F64, F16, BF16 and the integer dtypes are
 // converted to the tensor's scalar type.
 #pragma once
 
@@ -34,46 +34,12 @@
 #include <vector>
 
 #include "../core/tensor.hpp"
+#include "file.hpp"
 #include "json.hpp"
 
 namespace seemoe::io {
 
 namespace detail {
-
-inline std::string errno_text() {
-    return errno != 0 ? std::string(std::strerror(errno)) : std::string("unknown error");
-}
-
-// Runs write(stream) into path + ".tmp", then renames it over `path`. On any failure the temp
-// file is removed, `path` keeps its old contents, and Error is thrown (prefixed with `op`).
-template <typename WriteFn>
-void write_atomically(const std::string& path, const char* op, WriteFn&& write) {
-    const std::string temp = path + ".tmp";
-    {
-        errno = 0;
-        std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-        SEEMOE_CHECK(out.is_open(), op, " cannot create '", temp, "': ", errno_text());
-        try {
-            write(out);
-            out.flush();
-            SEEMOE_CHECK(out.good(), op, " writing '", temp, "' failed (disk full?): ",
-                         errno_text());
-            out.close();
-            SEEMOE_CHECK(!out.fail(), op, " closing '", temp, "' failed: ", errno_text());
-        } catch (...) {
-            out.close();
-            std::remove(temp.c_str());
-            throw;
-        }
-    }
-    // POSIX rename replaces `path` in one step: readers see the old file or the new, never a mix.
-    if (std::rename(temp.c_str(), path.c_str()) != 0) {
-        const std::string reason = errno_text();
-        std::remove(temp.c_str());
-        throw Error(seemoe::detail::concat(op, " cannot rename '", temp, "' to '", path, "': ",
-                                           reason));
-    }
-}
 
 inline bool host_is_little_endian() {
     const std::uint16_t probe = 1;
@@ -207,33 +173,6 @@ struct TensorEntry {
 constexpr std::uint64_t kMaxHeaderBytes = 100000000;
 
 }  // namespace detail
-
-// ---- whole files ---------------------------------------------------------------------------
-
-// The bytes of a file (binary; no newline translation).
-inline std::string read_file(const std::string& path) {
-    errno = 0;
-    std::ifstream in(path, std::ios::binary);
-    SEEMOE_CHECK(in.is_open(), "[read_file] cannot open '", path, "': ", detail::errno_text());
-    in.seekg(0, std::ios::end);
-    const std::streamoff size = in.tellg();
-    SEEMOE_CHECK(size >= 0, "[read_file] cannot tell the size of '", path, "'");
-    in.seekg(0, std::ios::beg);
-    std::string bytes(static_cast<std::size_t>(size), '\0');
-    in.read(bytes.data(), size);
-    SEEMOE_CHECK(in.gcount() == size, "[read_file] reading '", path, "' failed after ",
-                 in.gcount(), " of ", size, " bytes");
-    return bytes;
-}
-
-// Replaces `path` with `bytes` atomically (temp file + rename); the temp file never lingers.
-inline void write_file_atomic(const std::string& path, std::string_view bytes) {
-    detail::write_atomically(path, "[write_file_atomic]", [&](std::ostream& out) {
-        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    });
-}
-
-// ---- safetensors ---------------------------------------------------------------------------
 
 // A loaded file: tensors in header order, plus the __metadata__ strings.
 template <typename T>

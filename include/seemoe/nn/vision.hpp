@@ -1,7 +1,7 @@
 // seemoe/nn/vision.hpp — the ViT image encoder: PatchEmbedding, the pre-LN encoder Block, ViT.
 //
 // An image (3, S, S) is cut into P = (S/p)^2 non-overlapping p x p patches. PatchEmbedding is
-// nn.Conv2d(3, D, kernel=p, stride=p) computed as patchify + one GEMM: each patch becomes a row of
+// nn.Conv2d(3, D, kernel=p, stride=p) computed as patchify (ops/shape_ops.hpp) + one GEMM: each patch becomes a row of
 // 3*p*p values ordered (channel, row, column) — the order of the flattened Conv2d weight
 // (D, 3, p, p) — so weight.reshape(D, 3*p*p) multiplies it directly. Patches are numbered row-major
 // over the grid. The ViT prepends a learned CLS token, adds learned positions, runs pre-LN blocks
@@ -19,45 +19,7 @@
 #include "layer_norm.hpp"
 #include "mlp.hpp"
 
-namespace seemoe {
-
-// images (B, C, S, S) -> patches (B, P, C*p*p); differentiable (backward scatters back).
-template <typename T>
-Tensor<T> patchify(const Tensor<T>& images, Index patch) {
-    SEEMOE_CHECK(images.dim() == 4 && images.size(2) == images.size(3),
-                 "[patchify] expected square images (B, C, S, S), got ", shape_str(images.shape()));
-    const Index B = images.size(0), C = images.size(1), S = images.size(2);
-    SEEMOE_CHECK(patch > 0 && S % patch == 0, "[patchify] image size ", S,
-                 " is not a multiple of the patch size ", patch);
-    const Index grid = S / patch, P = grid * grid, row_len = C * patch * patch;
-    Tensor<T> out = detail::make_op_result<T>({B, P, row_len}, "patchify", {&images});  // (B, P, C*p*p)
-    // Walks (b, patch, c, ky) and copies one run of `patch` contiguous pixels; `scatter` copies the
-    // other way (adding), for backward.
-    auto walk = [=](auto&& copy_run) {
-        for (Index b = 0; b < B; ++b)
-            for (Index gy = 0; gy < grid; ++gy)
-                for (Index gx = 0; gx < grid; ++gx)
-                    for (Index c = 0; c < C; ++c)
-                        for (Index ky = 0; ky < patch; ++ky) {
-                            const Index pixel = ((b * C + c) * S + gy * patch + ky) * S + gx * patch;
-                            const Index row = ((b * P + gy * grid + gx) * C + c) * patch + ky;
-                            copy_run(pixel, row * patch);
-                        }
-    };
-    const T* src = images.data();
-    T* dst = out.data();
-    walk([&](Index pixel, Index slot) { std::copy_n(src + pixel, patch, dst + slot); });
-    detail::set_backward(out, [img = detail::grad_target(images), walk, patch](Node<T>& self) {
-        T* g_img = img->grad_data();
-        const T* g_out = self.grad->data();
-        walk([&](Index pixel, Index slot) {
-            for (Index i = 0; i < patch; ++i) g_img[pixel + i] += g_out[slot + i];
-        });
-    });
-    return out;
-}
-
-namespace nn {
+namespace seemoe::nn {
 
 template <typename T>
 class PatchEmbedding : public Module<T> {
@@ -230,5 +192,4 @@ protected:
     }
 };
 
-}  // namespace nn
-}  // namespace seemoe
+}  // namespace seemoe::nn

@@ -2,6 +2,7 @@
 //
 //   scaled_dot_product_attention(q, k, v, causal)  q (B, H, T, D), k (B, H, S, D), v (B, H, S, Dv)
 //   self_attention(qkv, n_heads, causal)           qkv (B, T, 3C) straight from one Linear
+//   cached_self_attention(qkv, n_heads, cache)     generation: new rows of qkv against a KVCache
 //
 // Per (batch, head): P = softmax(Q K^T / sqrt(D)) (T, S), out = P V. P is the only thing saved
 // for backward (plus the inputs' value buffers); the score matrix is never a graph node. The
@@ -17,8 +18,10 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <memory>
+#include <vector>
 
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
@@ -223,6 +226,79 @@ Tensor<T> self_attention(const Tensor<T>& qkv, Index n_heads, bool causal) {
                                    {assign, assign, assign});
     });
     return out;
+}
+
+// Keys and values of one attention layer for generation, (B, H, S_max, D) each, filled up to
+// `length`. reset() before the first call of a sequence.
+template <typename T>
+struct KVCache {
+    Index batch = 0, heads = 0, head_dim = 0, capacity = 0, length = 0;
+    std::vector<T> keys, values;
+
+    void reset(Index b, Index h, Index d, Index max_len) {
+        batch = b, heads = h, head_dim = d, capacity = max_len, length = 0;
+        keys.assign(static_cast<std::size_t>(b * h * max_len * d), T(0));
+        values.assign(keys.size(), T(0));
+    }
+    T* key(Index b, Index h, Index s) { return keys.data() + ((b * heads + h) * capacity + s) * head_dim; }
+    T* value(Index b, Index h, Index s) {
+        return values.data() + ((b * heads + h) * capacity + s) * head_dim;
+    }
+};
+
+// Inference only (no graph): appends the keys and values of qkv (B, Tn, 3C) (packed as for
+// self_attention) to `cache` and returns the attention of its Tn queries over every cached key,
+// causally (query t sees keys 0 .. length_before + t), as (B, Tn, C). One new token attends over
+// a few dozen keys, so each head is two small Eigen products instead of a GEMM.
+template <typename T>
+Tensor<T> cached_self_attention(const Tensor<T>& q_k_v, Index n_heads, KVCache<T>& cache) {
+    SEEMOE_CHECK(q_k_v.dim() == 3 && n_heads > 0 && q_k_v.size(2) % (3 * n_heads) == 0,
+                 "[cached_self_attention] expected qkv (B, T, 3C) with C divisible by n_heads = ",
+                 n_heads, ", got ", shape_str(q_k_v.shape()));
+    const Index B = q_k_v.size(0), Tn = q_k_v.size(1), C = q_k_v.size(2) / 3, H = n_heads, D = C / H;
+    SEEMOE_CHECK(cache.capacity > 0, "[cached_self_attention] KV cache was not reset");
+    SEEMOE_CHECK(cache.batch == B && cache.heads == H && cache.head_dim == D,
+                 "[cached_self_attention] KV cache shape does not match qkv ", shape_str(q_k_v.shape()));
+    SEEMOE_CHECK(cache.length + Tn <= cache.capacity, "[cached_self_attention] KV cache full: ",
+                 cache.length, " + ", Tn, " > ", cache.capacity);
+    const Index start = cache.length, total = start + Tn;
+    for (Index b = 0; b < B; ++b)
+        for (Index t = 0; t < Tn; ++t) {
+            const T* row = q_k_v.data() + (b * Tn + t) * 3 * C;
+            for (Index h = 0; h < H; ++h) {
+                std::copy_n(row + C + h * D, D, cache.key(b, h, start + t));
+                std::copy_n(row + 2 * C + h * D, D, cache.value(b, h, start + t));
+            }
+        }
+    cache.length = total;
+
+    Tensor<T> heads = Tensor<T>::empty({B, Tn, C});                    // (B, Tn, C)
+    const T scale = T(1) / std::sqrt(static_cast<T>(D));
+    std::vector<T> all_scores(static_cast<std::size_t>(B * H * total));  // (B*H, total)
+    auto one_head = [&](Index bh) {
+        const Index b = bh / H, h = bh % H;
+        T* scores = all_scores.data() + bh * total;
+        for (Index t = 0; t < Tn; ++t) {
+            const T* q = q_k_v.data() + (b * Tn + t) * 3 * C + h * D;
+            const Index visible = start + t + 1;                     // causal: keys 0..start+t
+            // The keys (and values) of one head are rows D apart: scores = K q, out = V^T p.
+            const ConstMatrixMap<T> keys(cache.key(b, h, 0), visible, D);      // (visible, D)
+            const ConstMatrixMap<T> values(cache.value(b, h, 0), visible, D);  // (visible, D)
+            VectorMap<T> score(scores, visible);
+            score.noalias() = keys * ConstVectorMap<T>(q, D);
+            score *= scale;
+            score = (score.array() - score.maxCoeff()).exp().matrix();
+            score /= score.sum();
+            VectorMap<T>(heads.data() + (b * Tn + t) * C + h * D, D).noalias() = values.transpose() * score;
+        }
+    };
+    // One new token attends over a few dozen keys: far less work than waking a thread.
+    if (B * Tn * total * C >= (Index(1) << 16)) {
+        parallel_for(B * H, one_head);
+    } else {
+        for (Index bh = 0; bh < B * H; ++bh) one_head(bh);
+    }
+    return heads;                                                     // (B, Tn, C)
 }
 
 }  // namespace seemoe

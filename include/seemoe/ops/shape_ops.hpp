@@ -5,8 +5,9 @@
 //           the element order does not change, so the result SHARES the input's value buffer —
 //           writing through one is seen by the other, as with torch views — and backward hands
 //           the gradient through unchanged.
-//   copies  permute, transpose, concat, slice, narrow, select: the result is a fresh contiguous
-//           tensor, and backward adds each gradient element back where its value came from.
+//   copies  permute, transpose, concat, slice, narrow, select, patchify: the result is a fresh
+//           contiguous tensor, and backward adds each gradient element back where its value
+//           came from.
 //
 // Convention: axes and positions may be negative, counting from the end, and ranges are
 // half-open [start, end), as in PyTorch. Out-of-range ranges throw instead of being clipped.
@@ -351,6 +352,44 @@ Tensor<T> select(const Tensor<T>& a, Index axis, Index index) {
     Shape out_shape = a.shape();
     out_shape.erase(out_shape.begin() + at);
     return detail::narrow_checked(a, at, i, 1, std::move(out_shape), "select");
+}
+
+// images (B, C, S, S) -> patches (B, P, C*p*p): the P = (S/p)^2 non-overlapping p x p patches,
+// numbered row-major over the grid, each flattened in (channel, row, column) order, the order of
+// a flattened Conv2d weight (D, C, p, p). A copy; backward adds each gradient back to its pixel.
+template <typename T>
+Tensor<T> patchify(const Tensor<T>& images, Index patch) {
+    SEEMOE_CHECK(images.dim() == 4 && images.size(2) == images.size(3),
+                 "[patchify] expected square images (B, C, S, S), got ", shape_str(images.shape()));
+    const Index B = images.size(0), C = images.size(1), S = images.size(2);
+    SEEMOE_CHECK(patch > 0 && S % patch == 0, "[patchify] image size ", S,
+                 " is not a multiple of the patch size ", patch);
+    const Index grid = S / patch, P = grid * grid, row_len = C * patch * patch;
+    Tensor<T> out = detail::make_op_result<T>({B, P, row_len}, "patchify", {&images});  // (B, P, C*p*p)
+    // Walks (b, patch, c, ky) and copies one run of `patch` contiguous pixels; `scatter` copies the
+    // other way (adding), for backward.
+    auto walk = [=](auto&& copy_run) {
+        for (Index b = 0; b < B; ++b)
+            for (Index gy = 0; gy < grid; ++gy)
+                for (Index gx = 0; gx < grid; ++gx)
+                    for (Index c = 0; c < C; ++c)
+                        for (Index ky = 0; ky < patch; ++ky) {
+                            const Index pixel = ((b * C + c) * S + gy * patch + ky) * S + gx * patch;
+                            const Index row = ((b * P + gy * grid + gx) * C + c) * patch + ky;
+                            copy_run(pixel, row * patch);
+                        }
+    };
+    const T* src = images.data();
+    T* dst = out.data();
+    walk([&](Index pixel, Index slot) { std::copy_n(src + pixel, patch, dst + slot); });
+    detail::set_backward(out, [img = detail::grad_target(images), walk, patch](Node<T>& self) {
+        T* g_img = img->grad_data();
+        const T* g_out = self.grad->data();
+        walk([&](Index pixel, Index slot) {
+            for (Index i = 0; i < patch; ++i) g_img[pixel + i] += g_out[slot + i];
+        });
+    });
+    return out;
 }
 
 }  // namespace seemoe
