@@ -44,9 +44,12 @@ public:
           ln2(c.n_embd),
           moe(c.n_embd, c.num_experts, c.top_k, c.expert_ratio * c.n_embd, static_cast<T>(c.dropout), rng) {}
 
-    Tensor<T> forward(const Tensor<T>& x, Rng& rng) const {                  // (B, T, C)
+    // trace, when given, receives this layer's routing statistics.
+    Tensor<T> forward(const Tensor<T>& x, Rng& rng, MoETrace<T>* trace = nullptr) const {  // (B, T, C)
         Tensor<T> h = add(x, attn.forward(ln1.forward(x), rng));             // (B, T, C)
-        return add(h, moe.forward(ln2.forward(h), rng));                     // (B, T, C)
+        MoEOutput<T> m = moe.forward_with_stats(ln2.forward(h), rng);        // (B, T, C)
+        if (trace) trace->layers.push_back(std::move(m.stats));
+        return add(h, m.out);                                                // (B, T, C)
     }
 
     // Inference: x holds only the new positions (B, Tn, C).
@@ -87,12 +90,13 @@ public:
         lm_head.bias = detail::parameter(Tensor<T>::zeros({config.vocab_size}));
     }
 
-    // ids (B, T) row-major, optional prefix (B, Tp, C) -> logits (B, Tp+T, V).
+    // ids (B, T) row-major, optional prefix (B, Tp, C) -> logits (B, Tp+T, V). trace, when given,
+    // receives every MoE layer's routing statistics.
     Tensor<T> forward(const std::vector<Index>& ids, Index B, Index T_text, Rng& rng,
-                      const Tensor<T>& prefix = Tensor<T>()) const {
+                      const Tensor<T>& prefix = Tensor<T>(), MoETrace<T>* trace = nullptr) const {
         Tensor<T> x = embed(ids, B, T_text, prefix);                         // (B, L, C)
         x = add(x, slice(position_embedding.weight, 0, 0, x.size(1)));       // (B, L, C)
-        for (const auto& block : blocks) x = block.forward(x, rng);          // (B, L, C)
+        for (const auto& block : blocks) x = block.forward(x, rng, trace);   // (B, L, C)
         return lm_head.forward(ln_f.forward(x));                             // (B, L, V)
     }
 

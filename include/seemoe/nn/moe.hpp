@@ -15,7 +15,6 @@
 #pragma once
 
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -43,6 +42,38 @@ struct Routing {
     Tensor<T> gates;                 // (N, K) softmax over the kept scores, differentiable
     std::vector<Index> experts;      // (N, K) expert ids, best first
     Index top_k = 0;
+};
+
+// What one MoE layer did in one forward, returned by value with its output (for statistics and
+// the routing pictures).
+struct RoutingStats {
+    Index num_experts = 0, top_k = 0, tokens = 0;  // E, K, N
+    std::vector<Index> experts;            // (N, K) each slot's expert, best first
+    std::vector<Index> tokens_per_expert;  // (E) slots each expert received
+
+    RoutingStats() = default;
+    RoutingStats(Index E, Index K, Index N)
+        : num_experts(E), top_k(K), tokens(N), tokens_per_expert(static_cast<std::size_t>(E), 0) {}
+
+    // Takes the (N, K) expert ids and counts each expert's slots.
+    void count(std::vector<Index> ids) {
+        experts = std::move(ids);
+        for (Index e : experts) ++tokens_per_expert[e];
+    }
+};
+
+// A MoE layer's result: the output (..., C) and its routing statistics.
+template <typename T>
+struct MoEOutput {
+    Tensor<T> out;
+    RoutingStats stats;
+};
+
+// What every MoE layer of one model forward did, in layer order. The caller owns it and passes a
+// pointer down (the decoder appends one entry per layer); the modules themselves stay unchanged.
+template <typename T>
+struct MoETrace {
+    std::vector<RoutingStats> layers;
 };
 
 template <typename T>
@@ -85,24 +116,33 @@ public:
         for (Index e = 0; e < num_experts; ++e) experts.emplace_back(dim, hidden, dropout_p, rng);
     }
 
-    Tensor<T> forward(const Tensor<T>& x, Rng& rng) const {                  // x (..., C)
-        if (!fusable()) return forward_composed(x, rng);
-        const Index C = x.size(-1), N = x.numel() / C, E = num_experts();
+    // The layer's output and what its router did (tokens per expert), returned as a value: the
+    // module is not written to, so several threads may call forward at once.
+    MoEOutput<T> forward_with_stats(const Tensor<T>& x, Rng& rng) const {   // x (..., C)
+        if (!fusable()) return forward_composed_with_stats(x, rng);
+        const Index C = x.size(-1), N = x.numel() / C;
         Tensor<T> tokens = reshape(x, {N, C});                                // (N, C)
         Routing<T> routing = router.forward(tokens, rng);                     // gates (N, K)
-        last_tokens_per_expert.assign(E, 0);
-        for (Index e : routing.experts) ++last_tokens_per_expert[e];
-        const std::shared_ptr<const ExpertWeights> w = expert_weights();
+        // The experts' tensors lent to the op: E references each, no Tensor copied.
+        std::vector<ExpertWeightRefs<T>> weights(experts.size());
+        for (std::size_t e = 0; e < experts.size(); ++e)
+            weights[e] = {&experts[e].fc1.weight, &experts[e].fc1.bias, &experts[e].fc2.weight, &experts[e].fc2.bias};
         const Dropout<T>& drop = experts.front().drop;
-        Tensor<T> out = moe_experts(tokens, routing.gates, routing.experts, w->w1, w->b1, w->w2, w->b2, drop.p,
+        Tensor<T> out = moe_experts(tokens, routing.gates, routing.experts, ExpertWeightsView<T>(weights), drop.p,
                                     drop.is_training(), rng);                  // (N, C)
-        return reshape(out, x.shape());                                       // (..., C)
+        MoEOutput<T> result{reshape(out, x.shape()), RoutingStats(num_experts(), routing.top_k, N)};  // (..., C)
+        result.stats.count(std::move(routing.experts));
+        return result;
+    }
+
+    Tensor<T> forward(const Tensor<T>& x, Rng& rng) const {                  // x (..., C)
+        return forward_with_stats(x, rng).out;                                // (..., C)
     }
 
     // The same computation as forward(), one graph node per op: per expert index_select, the
     // expert module, the gate product and index_add. The reference the fused op is tested
     // against, and the path for experts the fused op does not cover.
-    Tensor<T> forward_composed(const Tensor<T>& x, Rng& rng) const {         // x (..., C)
+    MoEOutput<T> forward_composed_with_stats(const Tensor<T>& x, Rng& rng) const {  // x (..., C)
         const Index C = x.size(-1), N = x.numel() / C, E = num_experts();
         Tensor<T> tokens = reshape(x, {N, C});                                // (N, C)
         Routing<T> routing = router.forward(tokens, rng);                     // gates (N, K)
@@ -116,8 +156,6 @@ public:
                 rows[e].push_back(n);
                 slots[e].push_back(n * K + k);
             }
-        last_tokens_per_expert.assign(E, 0);
-        for (Index e = 0; e < E; ++e) last_tokens_per_expert[e] = static_cast<Index>(rows[e].size());
 
         Tensor<T> flat_gates = reshape(routing.gates, {N * K});              // (N*K)
         Tensor<T> out = Tensor<T>::zeros({N, C});                            // (N, C)
@@ -129,7 +167,13 @@ public:
             Tensor<T> gate = reshape(index_select(flat_gates, 0, slots[e]), {n_e, 1});  // (n_e, 1)
             out = index_add(out, 0, rows[e], mul(expert_out, gate));          // (N, C)
         }
-        return reshape(out, x.shape());                                       // (..., C)
+        MoEOutput<T> result{reshape(out, x.shape()), RoutingStats(E, K, N)};  // (..., C)
+        result.stats.count(std::move(routing.experts));
+        return result;
+    }
+
+    Tensor<T> forward_composed(const Tensor<T>& x, Rng& rng) const {         // x (..., C)
+        return forward_composed_with_stats(x, rng).out;                       // (..., C)
     }
 
     Index num_experts() const { return static_cast<Index>(experts.size()); }
@@ -151,8 +195,6 @@ public:
 
     NoisyTopkRouter<T> router;
     std::vector<Expert<T>> experts;
-    // Tokens routed to each expert by the last forward (for eval statistics).
-    mutable std::vector<Index> last_tokens_per_expert;
 
 protected:
     void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
@@ -160,60 +202,6 @@ protected:
         this->children(v, prefix, "experts", experts);
     }
 
-private:
-    // The experts' weights as the lists moe_experts takes. They are kept from one call to the next
-    // because building them copies 4E tensors, each an atomic reference-count change: about 2 us
-    // a call on the development machine, a sixth of a generated token's MoE layer. A call takes a
-    // snapshot (a shared_ptr, so calls from several threads are safe) and builds a new one
-    // whenever an expert's weight is no longer the very tensor the snapshot holds. A replaced
-    // weight therefore stays in memory until the next call.
-    struct ExpertWeights {
-        std::vector<Tensor<T>> w1, b1, w2, b2;
-    };
-    // One shared_ptr that several threads may read and replace, under a mutex (std::atomic_load
-    // on a shared_ptr is deprecated in C++20). A copy starts empty, so the module stays copyable.
-    class Snapshot {
-    public:
-        Snapshot() = default;
-        Snapshot(const Snapshot&) {}
-        Snapshot& operator=(const Snapshot&) {
-            set(nullptr);
-            return *this;
-        }
-        std::shared_ptr<const ExpertWeights> get() const {
-            std::lock_guard<std::mutex> lock(mutex_);
-            return value_;
-        }
-        void set(std::shared_ptr<const ExpertWeights> value) {
-            std::lock_guard<std::mutex> lock(mutex_);
-            value_ = std::move(value);
-        }
-
-    private:
-        mutable std::mutex mutex_;
-        std::shared_ptr<const ExpertWeights> value_;
-    };
-    std::shared_ptr<const ExpertWeights> expert_weights() const {
-        std::shared_ptr<const ExpertWeights> w = expert_weights_.get();
-        bool current = w && w->w1.size() == experts.size();
-        for (std::size_t e = 0; current && e < experts.size(); ++e) {
-            const Expert<T>& expert = experts[e];
-            current = w->w1[e].same_node(expert.fc1.weight) && w->b1[e].same_node(expert.fc1.bias) &&
-                      w->w2[e].same_node(expert.fc2.weight) && w->b2[e].same_node(expert.fc2.bias);
-        }
-        if (current) return w;
-        auto fresh = std::make_shared<ExpertWeights>();
-        for (const auto& expert : experts) {
-            fresh->w1.push_back(expert.fc1.weight);
-            fresh->b1.push_back(expert.fc1.bias);
-            fresh->w2.push_back(expert.fc2.weight);
-            fresh->b2.push_back(expert.fc2.bias);
-        }
-        std::shared_ptr<const ExpertWeights> snapshot = std::move(fresh);
-        expert_weights_.set(snapshot);
-        return snapshot;
-    }
-    mutable Snapshot expert_weights_;
 };
 
 }  // namespace seemoe::nn
