@@ -285,10 +285,10 @@ void weight_slice_times(T* c, const T* a, const T* w, Index rows, Index K, Index
 // Up to this many tokens, a call that builds no graph and drops nothing takes the inference path.
 inline constexpr Index kMoEInferenceMaxTokens = 8;
 // The inference path cuts an expert's hidden units into parts of at least this many.
-inline constexpr Index kMoEInferencePartWidth = 64;
+inline constexpr Index kMoEInferencePartWidth = 128;
 
 // The inference path (generation: one token a step): no graph, no dropout, no routing tables.
-// Every expert's hidden units are cut into P = Hd / 64 parts (at least one); a part computes its
+// Every expert's hidden units are cut into P = Hd / 128 parts (at least one); a part computes its
 // slice of relu(fc1) and that slice's share of fc2 (a product over its hidden units only). The
 // parts are one parallel_for, so each of the threads takes a contiguous run of them, whatever the
 // experts a token meets: all threads stream weights, and each keeps reading the same parts of
