@@ -125,10 +125,10 @@ public:
     // Text alone: mean cross-entropy of ids (B, T) against targets (B, T) (kIgnoreIndex skips a
     // position), the training loss of a character language model.
     Tensor<T> loss(const std::vector<Index>& ids, const std::vector<Index>& targets, Index B, Index T_text,
-                   Rng& rng) const {
+                   Rng& rng, MoETrace<T>* trace = nullptr) const {
         SEEMOE_CHECK(static_cast<Index>(targets.size()) == B * T_text, "[MoEDecoderLanguageModel] ",
                      targets.size(), " targets do not fill (B, T) = (", B, ", ", T_text, ")");
-        return cross_entropy(forward(ids, B, T_text, rng), targets);         // ()
+        return cross_entropy(forward(ids, B, T_text, rng, Tensor<T>(), trace), targets);  // ()
     }
 
     // Inference with KV caches (one per block, reset by the caller): x (B, Tn, C) are the
