@@ -301,3 +301,15 @@ TEST_CASE("seemoe --help and <command> --help print usage and exit 0", "[cli]") 
 }
 
 #endif  // SEEMOE_CLI_PATH
+
+TEST_CASE("cli: a checkpoint from before the layout change captions as it did then", "[cli]") {
+    // tests/data/checkpoint_before_issue14 was written by the seemoe of commit 1c4f6c6, which
+    // captioned tests/data/tiny/test/00000.png greedily as the stored text.
+    const fs::path dir = scratch("old_checkpoint");
+    const std::string old_dir = SEEMOE_SOURCE_DIR "/tests/data/checkpoint_before_issue14";
+    const std::string image = kTiny + "/test/00000.png";
+    const Run caption = run_cli(dir, "caption --threads 1 --model " + quote(old_dir) + " " + quote(image));
+    INFO(caption.err);
+    REQUIRE(caption.code == 0);
+    CHECK(caption.out == image + "\t" + read_text(old_dir + "/expected_caption_test_00000.txt"));
+}

@@ -635,3 +635,29 @@ TEST_CASE("batcher: the same seed gives the same order; every epoch covers every
     CHECK(dropping.num_batches() == 2);
     CHECK(epoch_order(dropping).size() == 4);
 }
+
+TEST_CASE("batcher: step_samples depends only on (seed, step), uses full batches, covers each epoch", "[data]") {
+    const CaptionDataset data = five_samples();
+    const CharTokenizer tok = CharTokenizer::from_texts(data.captions());
+    BatcherOptions options;
+    options.batch_size = 2;
+    Batcher a(data, tok, options), b(data, tok, options);
+    // Epoch e is start_epoch(rng) with rng seeded from (seed, e): steps 0-1 are epoch 0, 2-3 epoch 1.
+    Rng epoch1(uint64_t{9} ^ (0x9E3779B97F4A7C15ULL * 2));
+    Batcher reference(data, tok, options);
+    reference.start_epoch(epoch1);
+    const std::vector<Index> order1 = epoch_order(reference);
+    CHECK(a.step_samples(3, 9) == std::vector<Index>{order1[2], order1[3]});
+    // Any step in any order gives the same samples as a fresh Batcher walking up to it.
+    for (Index step : {0, 5, 1, 3, 2, 4}) CHECK(a.step_samples(step, 9) == b.step_samples(step, 9));
+    // Within one epoch the two full batches are disjoint; the fifth sample waits.
+    std::vector<Index> epoch0 = a.step_samples(0, 9), second = a.step_samples(1, 9);
+    epoch0.insert(epoch0.end(), second.begin(), second.end());
+    std::sort(epoch0.begin(), epoch0.end());
+    CHECK(std::adjacent_find(epoch0.begin(), epoch0.end()) == epoch0.end());
+    CHECK(a.step_samples(0, 9) != a.step_samples(0, 10));  // another seed, another order
+    CHECK_THROWS_WITH(a.step_samples(-1, 9), Catch::Contains("[Batcher] step"));
+    options.batch_size = 6;
+    Batcher too_big(data, tok, options);
+    CHECK_THROWS_WITH(too_big.step_samples(0, 9), Catch::Contains("no full batch"));
+}

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -98,11 +99,19 @@ TEST_CASE("checkpoint save -> load is bitwise and reproduces the logits", "[io][
     config.visual_tokens = nn::VisualTokens::Patches;
     nn::VisionMoELanguageModel<float> model(config, rng);
     model.eval();
-    nn::save_model(path, model, {{"config", nn::config_to_json(config).dump()}});
+    std::vector<std::string> tokens = {"<pad>", "<bos>", "<eos>"};
+    for (const char* c : {"a", "b", "c", "d", "e", "f"}) tokens.push_back(c);
+    const data::CharTokenizer tokenizer(tokens);
+    nn::save_model(path, model, tokenizer, 42, {{"preset", "test"}});
 
     nn::LoadedModel loaded = nn::load_model(path);
     loaded.model.eval();
     CHECK(nn::config_to_json(loaded.config) == nn::config_to_json(config));
+    CHECK(loaded.tokenizer == tokenizer);
+    CHECK(loaded.step == 42);
+    CHECK(loaded.metadata.at("preset") == "test");
+    CHECK(loaded.metadata.at("format") == nn::kModelFormat);
+    CHECK_THROWS_WITH(nn::save_model(path, model, data::CharTokenizer(), 1), Catch::Contains("vocab_size"));
     auto original = model.named_parameters();
     auto restored = loaded.model.named_parameters();
     REQUIRE(original.size() == restored.size());
@@ -122,20 +131,22 @@ TEST_CASE("checkpoint save -> load is bitwise and reproduces the logits", "[io][
     auto missing = params;
     missing.erase(missing.begin() + 5);
     const std::string missing_path = (dir / "missing.safetensors").string();
-    io::save_safetensors(missing_path, missing, {{"config", nn::config_to_json(config).dump()}});
+    const std::map<std::string, std::string> metadata = {
+        {"config", nn::config_to_json(config).dump()}, {"vocab", tokenizer.to_json()}, {"step", "1"}};
+    io::save_safetensors(missing_path, missing, metadata);
     CHECK_THROWS_WITH(nn::load_model(missing_path), Catch::Contains(params[5].first));
 
     auto misshaped = params;
     misshaped[7].second = Tensorf::zeros({3});
     const std::string misshaped_path = (dir / "misshaped.safetensors").string();
-    io::save_safetensors(misshaped_path, misshaped, {{"config", nn::config_to_json(config).dump()}});
+    io::save_safetensors(misshaped_path, misshaped, metadata);
     CHECK_THROWS_WITH(nn::load_model(misshaped_path),
                       Catch::Contains(params[7].first) && Catch::Contains("shape"));
 
     auto extra = params;
     extra.emplace_back("decoder.unexpected.weight", Tensorf::zeros({2}));
     const std::string extra_path = (dir / "extra.safetensors").string();
-    io::save_safetensors(extra_path, extra, {{"config", nn::config_to_json(config).dump()}});
+    io::save_safetensors(extra_path, extra, metadata);
     CHECK_THROWS_WITH(nn::load_model(extra_path), Catch::Contains("decoder.unexpected.weight"));
 
     std::filesystem::remove_all(dir);
@@ -168,4 +179,26 @@ TEST_CASE("training state round trip restores AdamW moments, steps and the rng",
         CHECK(fresh.state()[i].exp_avg_sq.to_vector() == optimizer.state()[i].exp_avg_sq.to_vector());
     }
     std::filesystem::remove_all(dir);
+}
+
+// Written by `seemoe train --preset tiny --data tests/data/tiny --steps 3 --threads 1 --image-size
+// 16 --patch 8 --vit-dim 8 --vit-blocks 1 --heads 2 --n-embd 8 --n-layer 1 --experts 2 --top-k 1`
+// at commit 1c4f6c6, before the config and checkpoint code moved (issue 14): the format must
+// keep loading, and the config must still write back to the same JSON.
+TEST_CASE("a checkpoint written before the layout change loads, and its config JSON is unchanged", "[io][train]") {
+    const std::string dir = SEEMOE_SOURCE_DIR "/tests/data/checkpoint_before_issue14";
+    nn::LoadedModel loaded = nn::load_model(dir + "/model.safetensors");
+    CHECK(loaded.step == 3);
+    CHECK(loaded.config.visual_tokens == nn::VisualTokens::Patches);
+    CHECK(loaded.config.vision.image_size == 16);
+    CHECK(loaded.config.decoder.num_experts == 2);
+    CHECK(loaded.tokenizer.vocab_size() == 25);
+    CHECK(loaded.metadata.at("preset") == "tiny");
+    CHECK(nn::config_to_json(loaded.config).dump() == loaded.metadata.at("config"));
+
+    // The training state restores into a model of that config.
+    AdamW<float> optimizer(loaded.model.parameters());
+    Rng rng(0);
+    CHECK(nn::load_training_state(dir + "/training_state.safetensors", loaded.model, optimizer, rng) == 3);
+    CHECK(optimizer.state()[0].step == 3);
 }

@@ -59,7 +59,7 @@ inline int run_caption(int argc, char** argv) {
     Checkpoint ck = load_checkpoint(args.get("--model", ""));
     const Index S = ck.model.config.vision.image_size;
     sampling.max_new_tokens =
-        std::min(max_tokens, ck.model.config.decoder.block_size - visual_token_count(ck.model.config) - 1);
+        std::min(max_tokens, ck.model.config.decoder.block_size - ck.model.config.num_visual_tokens() - 1);
 
     // All images first (decoded, resized, 8-bit RGB), so a bad file stops us before any output.
     std::vector<seemoe::data::Image> images;

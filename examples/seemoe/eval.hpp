@@ -55,7 +55,7 @@ inline int run_eval(int argc, char** argv) {
         throw CliError(data_path + " has no " + seemoe::data::split_name(split) + " rows",
                        "choose another --split, or add rows with that split to captions.csv");
     const Batcher batcher = make_batcher(ds, ck.tokenizer, batch);
-    const Index needed = visual_token_count(ck.model.config) + longest_caption(ds, ck.tokenizer) + 1;
+    const Index needed = ck.model.config.num_visual_tokens() + longest_caption(ds, ck.tokenizer) + 1;
     if (needed > ck.model.config.decoder.block_size)
         throw CliError(format("the longest caption needs %lld positions but the model has %lld",
                               static_cast<long long>(needed),

@@ -89,17 +89,12 @@ inline Index longest_caption(const CaptionDataset& ds, const CharTokenizer& toke
     return longest;
 }
 
-inline Index visual_token_count(const seemoe::nn::VLMConfig& c) {
-    return c.visual_tokens == seemoe::nn::VisualTokens::CLS ? 1 : c.vision.num_patches();
-}
-
 // ---- checkpoints -----------------------------------------------------------------------------
 
 struct Checkpoint {
     std::string path;  // model.safetensors
     Model model;
     CharTokenizer tokenizer;
-    std::map<std::string, std::string> metadata;
     Index step = 0;
 };
 
@@ -110,6 +105,7 @@ inline std::string model_file(const std::string& path) {
     return path;
 }
 
+// The model, vocabulary and step of a checkpoint (nn/checkpoint.hpp checks they agree).
 inline Checkpoint load_checkpoint(const std::string& given) {
     Checkpoint ck;
     ck.path = model_file(given);
@@ -119,18 +115,8 @@ inline Checkpoint load_checkpoint(const std::string& given) {
     if (!fs::exists(ck.path, ec)) throw CliError("checkpoint " + ck.path + " does not exist", hint);
     seemoe::nn::LoadedModel loaded = with_hint(hint, [&] { return seemoe::nn::load_model(ck.path); });
     ck.model = std::move(loaded.model);
-    ck.metadata = std::move(loaded.metadata);
-    const auto vocab = ck.metadata.find("vocab");
-    if (vocab == ck.metadata.end())
-        throw CliError("checkpoint " + ck.path + " has no vocabulary in its metadata", hint);
-    ck.tokenizer = with_hint(hint, [&] { return CharTokenizer::from_json(vocab->second); });
-    if (ck.tokenizer.vocab_size() != ck.model.config.decoder.vocab_size)
-        throw CliError(format("checkpoint %s has %lld vocabulary tokens but a model for %lld", ck.path.c_str(),
-                              static_cast<long long>(ck.tokenizer.vocab_size()),
-                              static_cast<long long>(ck.model.config.decoder.vocab_size)),
-                       hint);
-    const auto step = ck.metadata.find("step");
-    if (step != ck.metadata.end()) ck.step = std::atoll(step->second.c_str());
+    ck.tokenizer = std::move(loaded.tokenizer);
+    ck.step = loaded.step;
     return ck;
 }
 
@@ -229,7 +215,7 @@ inline CaptionScore score_captions(Model& model, const Batcher& batcher, const s
     seemoe::nn::SamplingOptions greedy;
     // Room for a few characters too many (still scored), within the model's positions.
     greedy.max_new_tokens =
-        std::min(longest + 8, model.config.decoder.block_size - visual_token_count(model.config) - 1);
+        std::min(longest + 8, model.config.decoder.block_size - model.config.num_visual_tokens() - 1);
     Rng unused(0);  // greedy decoding draws nothing
     score.examples.resize(samples.size());
     std::vector<std::size_t> slot_of;

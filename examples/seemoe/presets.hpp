@@ -10,7 +10,10 @@
 // of them. The vocabulary size is not a preset number: it comes from the data (or a checkpoint).
 #pragma once
 
+#include <algorithm>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <seemoe/nn/vlm.hpp>
@@ -106,45 +109,66 @@ inline Preset make_preset(const std::string& name) {
     return p;
 }
 
-// The model-size flags, shared by `train --help` and the parser.
-inline std::vector<FlagSpec> model_flags() {
-    return {
-        {"--image-size", "S", "images are resized to S x S (a multiple of --patch)"},
-        {"--patch", "P", "ViT patch size"},
-        {"--vit-dim", "D", "ViT width"},
-        {"--vit-blocks", "N", "ViT encoder blocks"},
-        {"--heads", "H", "attention heads, in the ViT and the decoder"},
-        {"--n-embd", "C", "decoder width"},
-        {"--n-layer", "N", "decoder blocks"},
-        {"--experts", "E", "experts per MoE layer"},
-        {"--top-k", "K", "experts each token is routed to"},
-        {"--dropout", "X", "dropout in the ViT, projector and decoder"},
-        {"--visual-tokens", "cls|patches", "what the decoder sees of the image: the CLS feature or every patch"},
-        {"--block-size", "N", "decoder positions (visual tokens + caption + 1)"},
+// The model-size flags. Each sets one or more fields of the config, named as in
+// seemoe::nn::for_each_field ("section.name"); its value is checked against [min, max]. This
+// table is both `train --help` and the parser.
+struct ModelFlag {
+    FlagSpec spec;
+    std::vector<std::string> fields;
+    double min = 1, max = 0;  // max < min: no upper bound
+};
+
+inline const std::vector<ModelFlag>& model_flag_table() {
+    static const std::vector<ModelFlag> table = {
+        {{"--image-size", "S", "images are resized to S x S (a multiple of --patch)"}, {"vision.image_size"}},
+        {{"--patch", "P", "ViT patch size"}, {"vision.patch_size"}},
+        {{"--vit-dim", "D", "ViT width"}, {"vision.dim"}},
+        {{"--vit-blocks", "N", "ViT encoder blocks"}, {"vision.n_blocks"}, 0},
+        {{"--heads", "H", "attention heads, in the ViT and the decoder"}, {"vision.n_heads", "decoder.n_head"}},
+        {{"--n-embd", "C", "decoder width"}, {"decoder.n_embd"}},
+        {{"--n-layer", "N", "decoder blocks"}, {"decoder.n_layer"}, 0},
+        {{"--experts", "E", "experts per MoE layer"}, {"decoder.num_experts"}},
+        {{"--top-k", "K", "experts each token is routed to"}, {"decoder.top_k"}},
+        {{"--dropout", "X", "dropout in the ViT, projector and decoder"}, {"vision.dropout", "decoder.dropout"}, 0, 0.95},
+        {{"--visual-tokens", "cls|patches", "what the decoder sees of the image: the CLS feature or every patch"},
+         {"visual_tokens"}},
+        {{"--block-size", "N", "decoder positions (visual tokens + caption + 1)"}, {"decoder.block_size"}, 2},
     };
+    return table;
+}
+
+inline std::vector<FlagSpec> model_flags() {
+    std::vector<FlagSpec> specs;
+    for (const ModelFlag& f : model_flag_table()) specs.push_back(f.spec);
+    return specs;
+}
+
+// "vision.dim" for a field of section "vision"; "visual_tokens" for a top-level one.
+inline std::string field_path(const char* section, const char* name) {
+    return *section ? std::string(section) + "." + name : std::string(name);
 }
 
 // Overrides `m` with the model-size flags present in `args`, then checks the result so that a bad
 // combination is reported by flag name before anything is built.
 inline void apply_model_flags(const Args& args, VLMConfig& m) {
-    m.vision.image_size = args.get_int("--image-size", m.vision.image_size, 1);
-    m.vision.patch_size = args.get_int("--patch", m.vision.patch_size, 1);
-    m.vision.dim = args.get_int("--vit-dim", m.vision.dim, 1);
-    m.vision.n_blocks = args.get_int("--vit-blocks", m.vision.n_blocks, 0);
-    m.vision.n_heads = args.get_int("--heads", m.vision.n_heads, 1);
-    m.decoder.n_head = args.get_int("--heads", m.decoder.n_head, 1);
-    m.decoder.n_embd = args.get_int("--n-embd", m.decoder.n_embd, 1);
-    m.decoder.n_layer = args.get_int("--n-layer", m.decoder.n_layer, 0);
-    m.decoder.num_experts = args.get_int("--experts", m.decoder.num_experts, 1);
-    m.decoder.top_k = args.get_int("--top-k", m.decoder.top_k, 1);
-    m.decoder.block_size = args.get_int("--block-size", m.decoder.block_size, 2);
-    const double dropout = args.get_double("--dropout", m.decoder.dropout, 0.0, 0.95);
-    m.vision.dropout = args.has("--dropout") ? dropout : m.vision.dropout;
-    m.decoder.dropout = dropout;
-    if (args.has("--visual-tokens"))
-        m.visual_tokens = args.get_choice("--visual-tokens", "cls", {"cls", "patches"}) == "cls"
-                              ? VisualTokens::CLS
-                              : VisualTokens::Patches;
+    for (const ModelFlag& f : model_flag_table()) {
+        if (!args.has(f.spec.name)) continue;
+        const std::string flag = f.spec.name;
+        seemoe::nn::for_each_field(m, [&](const char* section, const char* name, auto& field) {
+            const std::string path = field_path(section, name);
+            if (std::find(f.fields.begin(), f.fields.end(), path) == f.fields.end()) return;
+            using Field = std::decay_t<decltype(field)>;
+            if constexpr (std::is_same_v<Field, VisualTokens>) {
+                const std::vector<std::string> names = {seemoe::nn::visual_tokens_name(VisualTokens::CLS),
+                                                        seemoe::nn::visual_tokens_name(VisualTokens::Patches)};
+                seemoe::nn::visual_tokens_from_name(args.get_choice(flag, names.front(), names), field);
+            } else if constexpr (std::is_same_v<Field, double>) {
+                field = args.get_double(flag, field, f.min, f.max);
+            } else {
+                field = args.get_int(flag, field, static_cast<Index>(f.min));
+            }
+        });
+    }
 
     const std::string fix = "pick sizes that fit (see 'seemoe " + args.command() + " --help')";
     if (m.vision.image_size % m.vision.patch_size != 0)
@@ -167,28 +191,27 @@ inline void apply_model_flags(const Args& args, VLMConfig& m) {
                        fix);
 }
 
-inline const char* visual_tokens_name(VisualTokens v) { return v == VisualTokens::CLS ? "cls" : "patches"; }
-
-// "ViT 96 x 2 blocks, 4 heads" style lines for the config table.
+// The config for the run table: one row per section ("vision", "decoder", "model"), each field
+// as "name value", straight from the field list; then the numbers derived from them.
 inline std::vector<std::pair<std::string, std::string>> describe_model(const VLMConfig& m) {
-    const long long S = m.vision.image_size, P = m.vision.patch_size;
-    const long long patches = (S / P) * (S / P);
-    const long long Tv = m.visual_tokens == VisualTokens::CLS ? 1 : patches;
-    return {
-        {"images", format("%lld x %lld, patch %lld (%lld patches)", S, S, P, patches)},
-        {"vision encoder", format("ViT %lld wide, %lld blocks, %lld heads, dropout %g",
-                                  static_cast<long long>(m.vision.dim), static_cast<long long>(m.vision.n_blocks),
-                                  static_cast<long long>(m.vision.n_heads), m.vision.dropout)},
-        {"visual tokens", format("%s (%lld per image)", visual_tokens_name(m.visual_tokens), Tv)},
-        {"decoder", format("%lld wide, %lld layers, %lld heads, dropout %g",
-                           static_cast<long long>(m.decoder.n_embd), static_cast<long long>(m.decoder.n_layer),
-                           static_cast<long long>(m.decoder.n_head), m.decoder.dropout)},
-        {"experts", format("%lld per layer, top-%lld, hidden %lld",
-                           static_cast<long long>(m.decoder.num_experts), static_cast<long long>(m.decoder.top_k),
-                           static_cast<long long>(m.decoder.expert_ratio * m.decoder.n_embd))},
-        {"vocabulary", format("%lld tokens", static_cast<long long>(m.decoder.vocab_size))},
-        {"positions", format("%lld", static_cast<long long>(m.decoder.block_size))},
-    };
+    std::vector<std::pair<std::string, std::string>> rows;
+    seemoe::nn::for_each_field(m, [&](const char* section, const char* name, const auto& field) {
+        const std::string title = *section ? section : "model";
+        if (rows.empty() || rows.back().first != title) rows.push_back({title, ""});
+        std::string& line = rows.back().second;
+        if (!line.empty()) line += ", ";
+        using Field = std::decay_t<decltype(field)>;
+        if constexpr (std::is_same_v<Field, VisualTokens>)
+            line += format("%s %s", name, seemoe::nn::visual_tokens_name(field));
+        else if constexpr (std::is_same_v<Field, double>)
+            line += format("%s %g", name, field);
+        else
+            line += format("%s %lld", name, static_cast<long long>(field));
+    });
+    rows.push_back({"visual tokens", format("%lld per image (of %lld patches)",
+                                            static_cast<long long>(m.num_visual_tokens()),
+                                            static_cast<long long>(m.vision.num_patches()))});
+    return rows;
 }
 
 }  // namespace cli

@@ -1,13 +1,14 @@
 // examples/seemoe/train.hpp — `seemoe train`: train the vision MoE language model on captions.
 //
-// One step: a batch of B images and captions -> teacher-forced cross-entropy -> backward ->
-// clip the global gradient norm to 1 -> AdamW at the step's learning rate (linear warmup, then
-// cosine decay to a tenth). Around that loop:
+// One step (train_step): a batch of B images and captions -> teacher-forced cross-entropy ->
+// backward -> clip the global gradient norm to 1 -> AdamW at the step's learning rate (linear
+// warmup, then cosine decay to a tenth). Around that loop (run_train, at the end of this file):
 //   * everything that can be wrong with the flags, the data or the checkpoint is checked before
 //     --out is created, so a failed start leaves no files behind;
-//   * the epoch order of step s is a function of (seed, epoch) only, and the one training Rng
-//     (dropout, router noise) is saved with the optimiser state, so --resume continues exactly
-//     where the checkpoint was taken: same batches, same noise, same numbers;
+//   * the epoch order of step s is a function of (seed, epoch) only (Batcher::step_samples), and
+//     the one training Rng (dropout, router noise) is saved with the optimiser state, so
+//     --resume continues exactly where the checkpoint was taken: same batches, same noise, same
+//     numbers;
 //   * --out receives model.safetensors (weights, config and vocabulary: all that `caption` and
 //     `eval` need), training_state.safetensors (AdamW moments, step, Rng, the run's settings) and
 //     metrics.jsonl (one JSON object per step; tokens_per_s counts caption tokens, the targets).
@@ -18,8 +19,9 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <numeric>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "evaluation.hpp"
@@ -29,25 +31,124 @@ namespace cli {
 
 using seemoe::io::Json;
 
+// The numbers of a run that are not the model's: stored with the checkpoint so --resume can
+// continue with them.
+struct TrainSettings {
+    std::string data = kDefaultData;
+    std::string preset = "demo";
+    Index steps = 0, batch = 0, warmup = 0;
+    double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.01, grad_clip = 1.0;
+    std::uint64_t seed = 1337;
+    Index eval_every = 0, eval_samples = 200, save_every = 0, log_every = 0;
+};
+
+// The flag that sets a setting, and the range its value must be in.
+struct SettingFlag {
+    FlagSpec spec;
+    double min = 0, max = 0;  // max < min: no upper bound
+};
+
+// Every field of TrainSettings, once, in checkpoint order: fn(name, field, flag), flag null for
+// the fields no flag sets. The JSON in training_state.safetensors, the run table and the flags
+// all walk this list.
+template <typename Settings, typename Fn>
+void for_each_setting(Settings& s, Fn&& fn) {
+    static const SettingFlag data{{"--data", "DIR",
+                                   "data set folder with captions.csv (default: data/shapes, relative to the "
+                                   "current directory)"}};
+    static const SettingFlag steps{{"--steps", "N", "total optimisation steps"}, 1};
+    static const SettingFlag batch{{"--batch", "N", "images per step"}, 1};
+    static const SettingFlag warmup{{"--warmup", "N", "linear warmup steps before the cosine decay"}, 0};
+    static const SettingFlag lr{{"--lr", "X", "peak learning rate (AdamW, weight decay 0.01)"}, 0, 10};
+    static const SettingFlag seed{{"--seed", "N", "seed of every random number (default 1337)"}};
+    static const SettingFlag eval_every{
+        {"--eval-every", "N", "validate every N steps (val loss, exact match, sample captions)"}, 1};
+    static const SettingFlag eval_samples{
+        {"--eval-samples", "N", "val images captioned for the periodic exact match (default 200)"}, 1};
+    static const SettingFlag save_every{
+        {"--save-every", "N", "checkpoint every N steps (default: like --eval-every); always at the end"}, 1};
+    static const SettingFlag log_every{
+        {"--log-every", "N", "progress line every N steps when stdout is not a terminal"}, 1};
+    fn("data", s.data, &data);
+    fn("preset", s.preset, nullptr);  // chosen by --preset, which also picks the defaults
+    fn("steps", s.steps, &steps);
+    fn("batch", s.batch, &batch);
+    fn("warmup", s.warmup, &warmup);
+    fn("lr", s.lr, &lr);
+    fn("min_lr_ratio", s.min_lr_ratio, nullptr);
+    fn("weight_decay", s.weight_decay, nullptr);
+    fn("grad_clip", s.grad_clip, nullptr);
+    fn("seed", s.seed, &seed);
+    fn("eval_every", s.eval_every, &eval_every);
+    fn("eval_samples", s.eval_samples, &eval_samples);
+    fn("save_every", s.save_every, &save_every);
+    fn("log_every", s.log_every, &log_every);
+}
+
+inline Json settings_to_json(const TrainSettings& s) {
+    Json j = Json::object();
+    for_each_setting(s, [&](const char* name, const auto& field, const SettingFlag*) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(field)>, std::uint64_t>)
+            j[name] = std::to_string(field);  // u64 as text: JSON numbers are doubles
+        else
+            j[name] = field;
+    });
+    return j;
+}
+
+inline TrainSettings settings_from_json(const Json& j) {
+    TrainSettings s;
+    for_each_setting(s, [&](const char* name, auto& field, const SettingFlag*) {
+        const Json& value = j.at(name);
+        using Field = std::decay_t<decltype(field)>;
+        if constexpr (std::is_same_v<Field, std::string>) field = value.as_string();
+        else if constexpr (std::is_same_v<Field, std::uint64_t>) field = std::stoull(value.as_string());
+        else if constexpr (std::is_same_v<Field, double>) field = value.as_double();
+        else field = value.as_int();
+    });
+    return s;
+}
+
+// Flags given on the command line win over the preset (or, when resuming, the stored run).
+inline void apply_setting_flags(const Args& args, TrainSettings& s) {
+    for_each_setting(s, [&](const char*, auto& field, const SettingFlag* flag) {
+        if (!flag) return;
+        const std::string name = flag->spec.name;
+        using Field = std::decay_t<decltype(field)>;
+        if constexpr (std::is_same_v<Field, std::string>) field = args.get(name, field);
+        else if constexpr (std::is_same_v<Field, std::uint64_t>) field = args.get_seed(name, field);
+        else if constexpr (std::is_same_v<Field, double>) field = args.get_double(name, field, flag->min, flag->max);
+        else field = args.get_int(name, field, static_cast<Index>(flag->min));
+    });
+    s.warmup = std::min(s.warmup, s.steps);
+}
+
+// The settings as run-table rows, "name  value", straight from the field list.
+inline std::vector<std::pair<std::string, std::string>> describe_settings(const TrainSettings& s) {
+    std::vector<std::pair<std::string, std::string>> rows;
+    for_each_setting(s, [&](const char* name, const auto& field, const SettingFlag*) {
+        using Field = std::decay_t<decltype(field)>;
+        if constexpr (std::is_same_v<Field, std::string>) rows.push_back({name, field});
+        else if constexpr (std::is_same_v<Field, double>) rows.push_back({name, format("%g", field)});
+        else rows.push_back({name, std::to_string(field)});
+    });
+    return rows;
+}
+
 inline std::vector<FlagSpec> run_flags() {
-    return {
-        {"--data", "DIR", "data set folder with captions.csv (default: data/shapes, relative to the current directory)"},
+    std::vector<FlagSpec> flags = {
         {"--out", "DIR", "where checkpoints and metrics.jsonl go (default: runs/<preset>)"},
         {"--preset", "NAME", "tiny | demo | seemore (default: demo)"},
-        {"--steps", "N", "total optimisation steps"},
-        {"--batch", "N", "images per step"},
-        {"--lr", "X", "peak learning rate (AdamW, weight decay 0.01)"},
-        {"--warmup", "N", "linear warmup steps before the cosine decay"},
-        {"--seed", "N", "seed of every random number (default 1337)"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores); 1 gives bit-identical reruns"},
         {"--resume", nullptr, "continue the run in --out (its settings; flags given here override them)"},
         {"--force", nullptr, "start afresh even if --out already holds a run (its files are replaced)"},
-        {"--eval-every", "N", "validate every N steps (val loss, exact match, sample captions)"},
-        {"--eval-samples", "N", "val images captioned for the periodic exact match (default 200)"},
-        {"--save-every", "N", "checkpoint every N steps (default: like --eval-every); always at the end"},
-        {"--log-every", "N", "progress line every N steps when stdout is not a terminal"},
         {"--stop-at", "N", "end this run after step N with a checkpoint; finish later with --resume"},
     };
+    TrainSettings defaults;
+    for_each_setting(defaults, [&](const char*, const auto&, const SettingFlag* flag) {
+        if (flag) flags.push_back(flag->spec);
+    });
+    return flags;
 }
 
 inline std::vector<FlagSpec> train_flags() {
@@ -78,92 +179,6 @@ inline std::string train_usage() {
            "final line with the val and test figures).\n";
 }
 
-// The numbers of a run that are not the model's: stored with the checkpoint so --resume can
-// continue with them.
-struct TrainSettings {
-    std::string data = kDefaultData;
-    std::string preset = "demo";
-    Index steps = 0, batch = 0, warmup = 0;
-    double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.01, grad_clip = 1.0;
-    std::uint64_t seed = 1337;
-    Index eval_every = 0, eval_samples = 200, save_every = 0, log_every = 0;
-
-    Json to_json() const {
-        Json j = Json::object();
-        j["data"] = data;
-        j["preset"] = preset;
-        j["steps"] = steps;
-        j["batch"] = batch;
-        j["warmup"] = warmup;
-        j["lr"] = lr;
-        j["min_lr_ratio"] = min_lr_ratio;
-        j["weight_decay"] = weight_decay;
-        j["grad_clip"] = grad_clip;
-        j["seed"] = std::to_string(seed);  // u64 as text: JSON numbers are doubles
-        j["eval_every"] = eval_every;
-        j["eval_samples"] = eval_samples;
-        j["save_every"] = save_every;
-        j["log_every"] = log_every;
-        return j;
-    }
-    static TrainSettings from_json(const Json& j) {
-        TrainSettings s;
-        s.data = j.at("data").as_string();
-        s.preset = j.at("preset").as_string();
-        s.steps = j.at("steps").as_int();
-        s.batch = j.at("batch").as_int();
-        s.warmup = j.at("warmup").as_int();
-        s.lr = j.at("lr").as_double();
-        s.min_lr_ratio = j.at("min_lr_ratio").as_double();
-        s.weight_decay = j.at("weight_decay").as_double();
-        s.grad_clip = j.at("grad_clip").as_double();
-        s.seed = std::stoull(j.at("seed").as_string());
-        s.eval_every = j.at("eval_every").as_int();
-        s.eval_samples = j.at("eval_samples").as_int();
-        s.save_every = j.at("save_every").as_int();
-        s.log_every = j.at("log_every").as_int();
-        return s;
-    }
-
-    // Flags given on the command line win over the preset (or, when resuming, the stored run).
-    void apply_flags(const Args& args) {
-        data = args.get("--data", data);
-        steps = args.get_int("--steps", steps, 1);
-        batch = args.get_int("--batch", batch, 1);
-        lr = args.get_double("--lr", lr, 0.0, 10.0);
-        warmup = args.get_int("--warmup", warmup, 0);
-        seed = args.get_seed("--seed", seed);
-        eval_every = args.get_int("--eval-every", eval_every, 1);
-        eval_samples = args.get_int("--eval-samples", eval_samples, 1);
-        save_every = args.get_int("--save-every", save_every, 1);
-        log_every = args.get_int("--log-every", log_every, 1);
-        warmup = std::min(warmup, steps);
-    }
-};
-
-// The sample order of one epoch: a Fisher–Yates shuffle from an Rng seeded by (seed, epoch), so
-// the batch of any step can be recomputed after a restart without replaying the ones before.
-inline std::vector<Index> epoch_order(Index n, std::uint64_t seed, Index epoch) {
-    Rng rng(seed ^ (0x9E3779B97F4A7C15ULL * static_cast<std::uint64_t>(epoch + 1)));
-    std::vector<Index> order(static_cast<std::size_t>(n));
-    std::iota(order.begin(), order.end(), Index(0));
-    for (Index i = n - 1; i > 0; --i)
-        std::swap(order[static_cast<std::size_t>(i)], order[static_cast<std::size_t>(rng.randint(0, i + 1))]);
-    return order;
-}
-
-// Writes `text` to `path` through a temporary file and a rename, so readers never see half of it.
-inline void write_text_atomically(const fs::path& path, const std::string& text) {
-    const fs::path tmp = path.string() + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        out << text;
-        if (!out.flush())
-            throw CliError("cannot write " + tmp.string(), "check that --out is writable and the disk has space");
-    }
-    fs::rename(tmp, path);
-}
-
 struct RunFiles {
     fs::path out, model, state, metrics;
     explicit RunFiles(const fs::path& dir)
@@ -171,19 +186,20 @@ struct RunFiles {
           metrics(dir / "metrics.jsonl") {}
 };
 
+// model.safetensors (weights, config, vocabulary, step) and training_state.safetensors (AdamW
+// moments, step, Rng, the settings), both written atomically by the library.
 inline void save_checkpoint(const RunFiles& files, Model& model, const seemoe::AdamW<float>& optimizer, Index step,
                             const Rng& rng, const CharTokenizer& tokenizer, const TrainSettings& settings) {
-    const std::string step_text = std::to_string(step);
+    const std::string hint = "check that --out is writable and the disk has space";
     // Model first: a crash between the two writes leaves a newer model than state, which resume
     // detects by comparing their steps.
-    seemoe::nn::save_model(files.model.string(), model,
-                           {{"format", "seemoe vision MoE language model"},
-                            {"config", seemoe::nn::config_to_json(model.config).dump()},
-                            {"vocab", tokenizer.to_json()},
-                            {"step", step_text},
-                            {"preset", settings.preset}});
-    seemoe::nn::save_training_state(files.state.string(), model, optimizer, step, rng,
-                                    {{"train", settings.to_json().dump()}});
+    with_hint(hint, [&] {
+        seemoe::nn::save_model(files.model.string(), model, tokenizer, step, {{"preset", settings.preset}});
+    });
+    with_hint(hint, [&] {
+        seemoe::nn::save_training_state(files.state.string(), model, optimizer, step, rng,
+                                        {{"train", settings_to_json(settings).dump()}});
+    });
 }
 
 // Keeps the metrics lines of steps <= `step` (a resumed run rewrites the ones after it).
@@ -203,7 +219,8 @@ inline void truncate_metrics(const fs::path& path, Index step) {
         }
     }
     in.close();
-    write_text_atomically(path, kept);
+    with_hint("check that --out is writable and the disk has space",
+              [&] { seemoe::io::write_file_atomic(path.string(), kept); });
 }
 
 // Progress output: rewritten in place on a terminal, plain lines every log_every steps otherwise.
@@ -268,7 +285,7 @@ inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& 
     s.eval_every = preset.eval_every;
     s.save_every = 0;  // 0: follow eval_every
     s.log_every = preset.log_every;
-    s.apply_flags(args);
+    apply_setting_flags(args, s);
     if (s.save_every == 0) s.save_every = s.eval_every;
     return run;
 }
@@ -303,8 +320,8 @@ inline RunState restore_run(const Args& args, const RunFiles& files) {
     const auto stored = seemoe::io::load_safetensors<float>(files.state.string()).metadata;
     const auto train_json = stored.find("train");
     if (train_json == stored.end()) throw CliError(files.state.string() + " lacks the run's settings", hint);
-    run.settings = with_hint(hint, [&] { return TrainSettings::from_json(Json::parse(train_json->second)); });
-    run.settings.apply_flags(args);
+    run.settings = with_hint(hint, [&] { return settings_from_json(Json::parse(train_json->second)); });
+    apply_setting_flags(args, run.settings);
     // Model flags may restate the checkpoint's sizes but not change them.
     VLMConfig requested = run.model.config;
     apply_model_flags(args, requested);
@@ -342,31 +359,24 @@ struct TrainData {
     std::unique_ptr<Batcher> train_batcher, val_batcher, test_batcher;  // val/test: null when empty
 };
 
+// The table printed before the first step: what this run is, the model's config and the
+// settings (both straight from their field lists), and what is derived from them.
 inline void print_run_table(const RunState& run, const TrainData& data, const RunFiles& files, Model& model,
                             Index end_step) {
     const TrainSettings& s = run.settings;
     std::vector<std::pair<std::string, std::string>> rows = {
         {"run", run.resumed ? format("resuming from step %lld", static_cast<long long>(run.start_step)) : "new"},
-        {"data", format("%s (%lld train, %lld val, %lld test)", s.data.c_str(), static_cast<long long>(data.train.size()),
-                        static_cast<long long>(data.val.size()), static_cast<long long>(data.test.size()))},
         {"out", files.out.string()},
-        {"preset", s.preset},
+        {"samples", format("%lld train, %lld val, %lld test", static_cast<long long>(data.train.size()),
+                           static_cast<long long>(data.val.size()), static_cast<long long>(data.test.size()))},
     };
     for (const auto& row : describe_model(model.config)) rows.push_back(row);
     rows.push_back({"parameters", format_count(model.num_parameters())});
-    std::string steps = std::to_string(s.steps);
-    if (end_step < s.steps) steps += format(" (this run stops at %lld)", static_cast<long long>(end_step));
-    rows.push_back({"steps", steps});
-    rows.push_back({"batch", format("%lld images%s", static_cast<long long>(data.batch_size),
-                                    data.batch_size < s.batch ? " (all the training images)" : "")});
-    rows.push_back({"optimiser", format("AdamW, lr %g, warmup %lld then cosine to %g, weight decay %g, clip %g", s.lr,
-                                        static_cast<long long>(s.warmup), s.lr * s.min_lr_ratio, s.weight_decay,
-                                        s.grad_clip)});
-    rows.push_back({"seed", std::to_string(s.seed)});
+    for (const auto& row : describe_settings(s)) rows.push_back(row);
+    if (end_step < s.steps) rows.push_back({"this run stops", format("at step %lld", static_cast<long long>(end_step))});
+    if (data.batch_size < s.batch)
+        rows.push_back({"batch used", format("%lld (all the training images)", static_cast<long long>(data.batch_size))});
     rows.push_back({"threads", std::to_string(seemoe::num_threads())});
-    rows.push_back({"eval / save", format("every %lld / %lld steps, exact match on %lld val images",
-                                          static_cast<long long>(s.eval_every), static_cast<long long>(s.save_every),
-                                          static_cast<long long>(std::min(s.eval_samples, data.val.size())))});
     print_table("seemoe train", rows);
     std::fflush(stdout);
 }
@@ -404,6 +414,115 @@ inline Json final_report(Model& model, const TrainData& data, Index step, const 
     return report;
 }
 
+// One optimisation step, the loop body of llm.c or nanoGPT: forward and loss, backward, clip
+// the global gradient norm, AdamW at the step's learning rate. Returns the loss (before the
+// update); a loss that is not finite stops the run before it can spoil the weights.
+inline float train_step(Model& model, seemoe::AdamW<float>& optimizer, const std::vector<Tensor<float>>& params,
+                        const seemoe::data::Batch& batch, double lr, double grad_clip, Rng& rng, Index step) {
+    optimizer.set_lr(lr);
+    optimizer.zero_grad();
+    Tensor<float> loss = model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng);  // ()
+    const float loss_value = loss.item();
+    if (!std::isfinite(loss_value))
+        throw CliError(format("training diverged at step %lld (loss %g)", static_cast<long long>(step),
+                              static_cast<double>(loss_value)),
+                       "lower --lr, or resume from the last checkpoint with a lower --lr");
+    loss.backward();
+    seemoe::clip_grad_norm(params, grad_clip);
+    optimizer.step();
+    return loss_value;
+}
+
+// Caption tokens per second for the progress line: a running mean of step time and tokens over
+// the first 20 steps, then an exponential one that follows changes.
+class ThroughputMeter {
+public:
+    void add(double seconds, Index tokens) {
+        ++steps_;
+        const double alpha = std::max(0.05, 1.0 / static_cast<double>(steps_));
+        seconds_ += alpha * (seconds - seconds_);
+        tokens_ += alpha * (static_cast<double>(tokens) - tokens_);
+    }
+    double tokens_per_second() const { return tokens_ / std::max(seconds_, 1e-9); }
+    double seconds_per_step() const { return seconds_; }
+
+private:
+    Index steps_ = 0;
+    double seconds_ = 0, tokens_ = 0;
+};
+
+// Caption characters + <eos>: the positions of a batch that carry a target.
+inline Index target_count(const seemoe::data::Batch& batch) {
+    Index tokens = 0;
+    for (Index t : batch.targets) tokens += t != seemoe::kIgnoreIndex ? 1 : 0;
+    return tokens;
+}
+
+// The periodic validation: val loss on the whole split, exact match and character accuracy on
+// `subset`; printed with a few sample captions and added to the step's metrics row.
+inline void validate(Model& model, const TrainData& data, const std::vector<Index>& subset, Index step, Json& row) {
+    const double val_loss = mean_loss(model, *data.val_batcher, all_samples(data.val), data.eval_batch);
+    const CaptionScore score = score_captions(model, *data.val_batcher, subset, data.eval_batch);
+    std::printf("step %lld | val loss %.4f | exact match %s (%lld/%lld) | char accuracy %s\n",
+                static_cast<long long>(step), val_loss, format_percent(score.exact_match()).c_str(),
+                static_cast<long long>(score.exact), static_cast<long long>(score.samples),
+                format_percent(score.char_accuracy()).c_str());
+    print_examples(score, 3, /*mistakes_only=*/false);
+    row["val_loss"] = val_loss;
+    row["val_exact_match"] = score.exact_match();
+    row["val_char_accuracy"] = score.char_accuracy();
+    row["val_samples"] = score.samples;
+}
+
+// The model and optimiser of the run: built from `config` (the preset with the flags applied) and
+// the seed, or restored; checked against the data (vocabulary, positions) before anything is
+// written.
+inline void prepare_model(VLMConfig config, const RunFiles& files, const TrainData& data, RunState& run) {
+    const TrainSettings& settings = run.settings;
+    if (run.resumed && data.tokenizer != run.tokenizer)
+        throw CliError("the characters of " + settings.data + " differ from the vocabulary of the checkpoint in " +
+                           files.out.string(),
+                       "resume with the --data the run was started with");
+    config.decoder.vocab_size = data.tokenizer.vocab_size();
+    const Index needed = config.num_visual_tokens() + data.longest_caption + 1;
+    if (needed > config.decoder.block_size)
+        throw CliError(format("captions of up to %lld characters and %lld visual tokens need %lld positions, more "
+                              "than the model's %lld",
+                              static_cast<long long>(data.longest_caption),
+                              static_cast<long long>(config.num_visual_tokens()), static_cast<long long>(needed),
+                              static_cast<long long>(config.decoder.block_size)),
+                       format("pass --block-size %lld or more", static_cast<long long>(needed)));
+    if (!run.resumed) {
+        run.rng.seed(settings.seed);  // one stream: initial weights first, then dropout and router noise
+        run.model = with_hint("pick other model sizes", [&] { return Model(config, run.rng); });
+        run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters());
+    }
+    seemoe::AdamWOptions adamw = run.optimizer->options();
+    if (adamw.weight_decay != settings.weight_decay) {
+        // AdamW's options are fixed at construction: rebuild it around the restored state.
+        auto state = run.optimizer->state();
+        adamw.weight_decay = settings.weight_decay;
+        run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters(), adamw);
+        run.optimizer->state() = state;
+    }
+    run.optimizer->set_step_count(run.start_step);
+}
+
+// A new run starts with empty metrics and no stale checkpoint; a resumed one keeps the metrics
+// of the steps it has.
+inline void prepare_out(const RunFiles& files, const RunState& run) {
+    std::error_code ec;
+    fs::create_directories(files.out);
+    if (run.resumed) {
+        truncate_metrics(files.metrics, run.start_step);
+    } else {
+        fs::remove(files.model, ec);  // --force: no stale checkpoint may outlive the new metrics
+        fs::remove(files.state, ec);
+        with_hint("check that --out is writable and the disk has space",
+                  [&] { seemoe::io::write_file_atomic(files.metrics.string(), ""); });
+    }
+}
+
 inline int run_train(int argc, char** argv) {
     Args args("train", train_flags(), argc, argv, 2);
     if (args.help()) {
@@ -422,40 +541,13 @@ inline int run_train(int argc, char** argv) {
 
     // ---- check everything: settings, checkpoint, data, model; nothing is written yet ----------
     RunState run = args.flag("--resume") ? restore_run(args, files) : new_run(args, preset, files);
-    TrainSettings& settings = run.settings;
+    const TrainSettings& settings = run.settings;
     VLMConfig config = run.resumed ? run.model.config : preset.model;
     if (!run.resumed) apply_model_flags(args, config);
     const TrainData data(settings.data, config.vision.image_size, settings.batch);
-    if (run.resumed && data.tokenizer != run.tokenizer)
-        throw CliError("the characters of " + settings.data + " differ from the vocabulary of the checkpoint in " +
-                           files.out.string(),
-                       "resume with the --data the run was started with");
-    config.decoder.vocab_size = data.tokenizer.vocab_size();
-    const Index needed = visual_token_count(config) + data.longest_caption + 1;
-    if (needed > config.decoder.block_size)
-        throw CliError(format("captions of up to %lld characters and %lld visual tokens need %lld positions, more "
-                              "than the model's %lld",
-                              static_cast<long long>(data.longest_caption),
-                              static_cast<long long>(visual_token_count(config)), static_cast<long long>(needed),
-                              static_cast<long long>(config.decoder.block_size)),
-                       format("pass --block-size %lld or more", static_cast<long long>(needed)));
+    prepare_model(config, files, data, run);
     Model& model = run.model;
-    Rng& rng = run.rng;
-    if (!run.resumed) {
-        rng.seed(settings.seed);  // one stream: initial weights first, then dropout and router noise
-        model = with_hint("pick other model sizes", [&] { return Model(config, rng); });
-        run.optimizer = std::make_unique<seemoe::AdamW<float>>(model.parameters());
-    }
-    seemoe::AdamWOptions adamw = run.optimizer->options();
-    if (adamw.weight_decay != settings.weight_decay) {
-        // AdamW's options are fixed at construction: rebuild it around the restored state.
-        auto state = run.optimizer->state();
-        adamw.weight_decay = settings.weight_decay;
-        run.optimizer = std::make_unique<seemoe::AdamW<float>>(model.parameters(), adamw);
-        run.optimizer->state() = state;
-    }
     seemoe::AdamW<float>& optimizer = *run.optimizer;
-    optimizer.set_step_count(run.start_step);
     // A resumed run already at (or past) its target trains nothing and only reports.
     const Index end_step =
         std::max(run.start_step, stop_at > 0 ? std::min(stop_at, settings.steps) : settings.steps);
@@ -464,84 +556,42 @@ inline int run_train(int argc, char** argv) {
     print_run_table(run, data, files, model, end_step);
 
     // ---- from here on files are written ------------------------------------------------------
-    std::error_code ec;
-    fs::create_directories(files.out);
-    if (run.resumed) {
-        truncate_metrics(files.metrics, run.start_step);
-    } else {
-        fs::remove(files.model, ec);  // --force: no stale checkpoint may outlive the new metrics
-        fs::remove(files.state, ec);
-        write_text_atomically(files.metrics, "");
-    }
+    prepare_out(files, run);
     std::ofstream metrics(files.metrics, std::ios::app);
-
     std::vector<Index> val_subset = all_samples(data.val);
     val_subset.resize(static_cast<std::size_t>(std::min(settings.eval_samples, data.val.size())));
-    const std::vector<seemoe::Tensor<float>> params = model.parameters();
-    const Index B = data.batch_size;
-    const Index per_epoch = data.train.size() / B;  // the remainder waits for a later epoch's shuffle
-    Index order_epoch = -1;
-    std::vector<Index> order;
+    const std::vector<Tensor<float>> params = model.parameters();
     Progress progress(settings.log_every);
+    ThroughputMeter meter;
     model.train();
 
-    double step_time_ema = 0, tokens_ema = 0;
     for (Index step = run.start_step + 1; step <= end_step; ++step) {
         Stopwatch step_clock;
-        const Index s = step - 1, epoch = s / per_epoch, pos = s % per_epoch;
-        if (epoch != order_epoch) {
-            order = epoch_order(data.train.size(), settings.seed, epoch);
-            order_epoch = epoch;
-        }
-        const std::vector<Index> samples(order.begin() + pos * B, order.begin() + (pos + 1) * B);
-        const seemoe::data::Batch batch = data.train_batcher->make_batch(samples);  // images (B, 3, S, S)
-        const double lr = schedule.lr_at(s);
-        optimizer.set_lr(lr);
-        optimizer.zero_grad();
-        seemoe::Tensor<float> loss = model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng);  // ()
-        const float loss_value = loss.item();
-        if (!std::isfinite(loss_value))
-            throw CliError(format("training diverged at step %lld (loss %g)", static_cast<long long>(step),
-                                  static_cast<double>(loss_value)),
-                           "lower --lr, or resume from the last checkpoint with a lower --lr");
-        loss.backward();
-        seemoe::clip_grad_norm(params, settings.grad_clip);
-        optimizer.step();
+        // Step s (from 0) takes batch s of the (seed, epoch) shuffle, so --resume continues exactly.
+        const seemoe::data::Batch batch =
+            data.train_batcher->make_batch(data.train_batcher->step_samples(step - 1, settings.seed));
+        const double lr = schedule.lr_at(step - 1);
+        const float loss = train_step(model, optimizer, params, batch, lr, settings.grad_clip, run.rng, step);
 
-        Index tokens = 0;  // caption characters + <eos>: the positions that carry a target
-        for (Index t : batch.targets) tokens += t != seemoe::data::ignore_index ? 1 : 0;
         const double dt = step_clock.seconds();
-        // A running mean over the first 20 steps, then an exponential one that follows changes.
-        const double alpha = std::max(0.05, 1.0 / static_cast<double>(step - run.start_step));
-        step_time_ema += alpha * (dt - step_time_ema);
-        tokens_ema += alpha * (static_cast<double>(tokens) - tokens_ema);
-        progress.step(step, settings.steps, loss_value, lr, tokens_ema / std::max(step_time_ema, 1e-9),
-                      step_time_ema * static_cast<double>(end_step - step), step == end_step);
-
+        const Index tokens = target_count(batch);
+        meter.add(dt, tokens);
+        progress.step(step, settings.steps, loss, lr, meter.tokens_per_second(),
+                      meter.seconds_per_step() * static_cast<double>(end_step - step), step == end_step);
         Json row = Json::object();
         row["step"] = step;
-        row["loss"] = loss_value;
+        row["loss"] = loss;
         row["lr"] = lr;
         row["tokens_per_s"] = static_cast<Index>(std::lround(static_cast<double>(tokens) / std::max(dt, 1e-9)));
         // The last step of the whole run is measured by the final report instead.
         if (step % settings.eval_every == 0 && step != settings.steps && data.val_batcher) {
-            const double val_loss = mean_loss(model, *data.val_batcher, all_samples(data.val), data.eval_batch);
-            const CaptionScore score = score_captions(model, *data.val_batcher, val_subset, data.eval_batch);
             progress.newline();
-            std::printf("step %lld | val loss %.4f | exact match %s (%lld/%lld) | char accuracy %s\n",
-                        static_cast<long long>(step), val_loss, format_percent(score.exact_match()).c_str(),
-                        static_cast<long long>(score.exact), static_cast<long long>(score.samples),
-                        format_percent(score.char_accuracy()).c_str());
-            print_examples(score, 3, /*mistakes_only=*/false);
-            row["val_loss"] = val_loss;
-            row["val_exact_match"] = score.exact_match();
-            row["val_char_accuracy"] = score.char_accuracy();
-            row["val_samples"] = score.samples;
+            validate(model, data, val_subset, step, row);
         }
         metrics << row.dump() << "\n";
         if (step % settings.save_every == 0 || step == end_step) {
             metrics.flush();
-            save_checkpoint(files, model, optimizer, step, rng, data.tokenizer, settings);
+            save_checkpoint(files, model, optimizer, step, run.rng, data.tokenizer, settings);
         }
     }
     progress.newline();

@@ -1,6 +1,7 @@
 // seemoe/core/common.hpp — the few things every other header needs.
 //
 //   Index         the one index type (signed 64-bit, like torch's int64 sizes)
+//   kIgnoreIndex  the target value cross_entropy skips (-100, as in PyTorch)
 //   Error         what the library throws on bad input; never exit()/abort()
 //   SEEMOE_CHECK  SEEMOE_CHECK(cond, "[op] what went wrong: ", shape_a, " x ", shape_b)
 //   Rng           the only source of randomness: xoshiro256** plus our own normal sampler,
@@ -20,6 +21,10 @@
 namespace seemoe {
 
 using Index = std::int64_t;
+
+// A target equal to this is skipped by cross_entropy (PyTorch's default ignore_index); the
+// Batcher marks padding with it.
+inline constexpr Index kIgnoreIndex = -100;
 
 class Error : public std::runtime_error {
 public:

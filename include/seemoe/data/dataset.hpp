@@ -12,7 +12,7 @@
 // Batcher turns a data set into training batches for next-character prediction:
 //   images     (B, 3, S, S) float, normalised (see image.hpp)
 //   input_ids  (B, L)  <bos> c1 c2 ... cn <pad> ...
-//   targets    (B, L)  c1 c2 ... cn <eos> -100 ...      (-100 = ignore_index of cross_entropy)
+//   targets    (B, L)  c1 c2 ... cn <eos> -100 ...      (-100 = kIgnoreIndex, skipped by the loss)
 // so targets are input_ids shifted left by one, and position 0 predicts the first character from
 // the image alone. L is the longest caption in the batch + 1, or a fixed max_len.
 // Convention: a Batcher keeps a pointer to its data set and tokenizer; both must outlive it.
@@ -255,9 +255,6 @@ private:
     std::vector<std::string> sources_;
 };
 
-// Targets equal to this are skipped by cross_entropy (PyTorch's default ignore_index).
-inline constexpr Index ignore_index = -100;
-
 struct Batch {
     Tensor<float> images;               // (B, 3, S, S)
     std::vector<Index> input_ids;       // (B, L)  <bos> c1 .. cn <pad> ..
@@ -313,6 +310,7 @@ public:
         order_.resize(static_cast<std::size_t>(dataset_->size()));
         std::iota(order_.begin(), order_.end(), Index(0));
         cursor_ = 0;
+        seeded_epoch_ = -1;
     }
     // A new epoch in an order drawn from rng (Fisher–Yates from the identity, so the order
     // depends only on the rng state).
@@ -321,6 +319,27 @@ public:
         for (Index i = static_cast<Index>(order_.size()) - 1; i > 0; --i)
             std::swap(order_[static_cast<std::size_t>(i)],
                       order_[static_cast<std::size_t>(rng.randint(0, i + 1))]);
+    }
+
+    // The samples of training step `step` (counted from 0) of a run shuffled with `seed`, for a
+    // trainer that must be able to resume anywhere: every epoch is shuffled by start_epoch(rng)
+    // with an Rng seeded from (seed, epoch) alone, so the batch of any step is recomputed without
+    // replaying the steps before it. Only full batches are used; an epoch's remainder waits for
+    // a later epoch's shuffle. Moves this Batcher's epoch (next() continues from there).
+    std::vector<Index> step_samples(Index step, std::uint64_t seed) {
+        const Index B = options_.batch_size, per_epoch = dataset_->size() / B;
+        SEEMOE_CHECK(step >= 0, "[Batcher] step must be >= 0, got ", step);
+        SEEMOE_CHECK(per_epoch > 0, "[Batcher] batch_size ", B, " is more than the ", dataset_->size(),
+                     " samples: no full batch");
+        const Index epoch = step / per_epoch, pos = step % per_epoch;
+        if (epoch != seeded_epoch_ || seed != seeded_seed_) {
+            Rng rng(seed ^ (0x9E3779B97F4A7C15ULL * static_cast<std::uint64_t>(epoch + 1)));
+            start_epoch(rng);
+            seeded_epoch_ = epoch;
+            seeded_seed_ = seed;
+        }
+        cursor_ = (pos + 1) * B;
+        return std::vector<Index>(order_.begin() + pos * B, order_.begin() + (pos + 1) * B);
     }
 
     // Fills `batch` with the next batch of the epoch; false when the epoch is over.
@@ -359,7 +378,7 @@ public:
         batch.indices = samples;
         batch.images = Tensor<float>::empty({B, 3, S, S});                               // (B, 3, S, S)
         batch.input_ids.assign(static_cast<std::size_t>(B * L), CharTokenizer::pad_id);  // (B, L)
-        batch.targets.assign(static_cast<std::size_t>(B * L), ignore_index);             // (B, L)
+        batch.targets.assign(static_cast<std::size_t>(B * L), kIgnoreIndex);             // (B, L)
         batch.captions.reserve(static_cast<std::size_t>(B));
         for (Index b = 0; b < B; ++b) {
             const Index i = samples[static_cast<std::size_t>(b)];
@@ -393,6 +412,8 @@ private:
     std::vector<std::vector<Index>> encoded_;  // token ids of each caption, no <bos>/<eos>
     std::vector<Index> order_;                 // this epoch's sample order
     Index cursor_ = 0;                         // next position in order_
+    Index seeded_epoch_ = -1;                  // the epoch step_samples shuffled order_ for
+    std::uint64_t seeded_seed_ = 0;
 };
 
 }  // namespace seemoe::data

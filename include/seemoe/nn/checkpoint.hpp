@@ -2,7 +2,8 @@
 //
 // A checkpoint is two safetensors files in one folder:
 //   model.safetensors           every parameter by its state-dict name (F32), plus __metadata__
-//                               {"config": <VLMConfig as JSON>, "vocab": <tokenizer JSON>, ...}
+//                               {"format": ..., "config": <VLMConfig as JSON>,
+//                                "vocab": <tokenizer JSON>, "step": "1200", ...}
 //   training_state.safetensors  AdamW moments as "exp_avg.<name>" / "exp_avg_sq.<name>", plus
 //                               metadata with the step, the per-parameter step counts and the Rng
 // PyTorch reads the first with safetensors.torch.load_file (names match the PyTorch modules').
@@ -10,81 +11,82 @@
 // checkpoint never half-loads into the wrong architecture.
 #pragma once
 
+#include <exception>
 #include <map>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "../data/tokenizer.hpp"
 #include "../io/json.hpp"
 #include "../io/safetensors.hpp"
 #include "vlm.hpp"
 
 namespace seemoe::nn {
 
+// The "format" metadata entry of a model checkpoint.
+inline constexpr const char* kModelFormat = "seemoe vision MoE language model";
+
+// A step count stored as text in the metadata.
+inline Index parse_step(const std::string& text, const std::string& path) {
+    Index step = -1;
+    std::size_t used = 0;
+    try {
+        step = std::stoll(text, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    SEEMOE_CHECK(used == text.size() && !text.empty() && step >= 0, "[checkpoint] '", path,
+                 "' has step '", text, "' in its metadata; expected a non-negative integer");
+    return step;
+}
+
+// The config as JSON: {"vision": {...}, "decoder": {...}, "visual_tokens": "cls", "pad_id": 0, ...},
+// field by field from for_each_field (nn/vlm.hpp).
 inline io::Json config_to_json(const VLMConfig& c) {
-    io::Json vision = io::Json::object();
-    vision["image_size"] = c.vision.image_size;
-    vision["patch_size"] = c.vision.patch_size;
-    vision["channels"] = c.vision.channels;
-    vision["dim"] = c.vision.dim;
-    vision["n_blocks"] = c.vision.n_blocks;
-    vision["n_heads"] = c.vision.n_heads;
-    vision["mlp_ratio"] = c.vision.mlp_ratio;
-    vision["dropout"] = c.vision.dropout;
-    io::Json decoder = io::Json::object();
-    decoder["vocab_size"] = c.decoder.vocab_size;
-    decoder["n_embd"] = c.decoder.n_embd;
-    decoder["n_head"] = c.decoder.n_head;
-    decoder["n_layer"] = c.decoder.n_layer;
-    decoder["num_experts"] = c.decoder.num_experts;
-    decoder["top_k"] = c.decoder.top_k;
-    decoder["expert_ratio"] = c.decoder.expert_ratio;
-    decoder["block_size"] = c.decoder.block_size;
-    decoder["dropout"] = c.decoder.dropout;
     io::Json out = io::Json::object();
-    out["vision"] = vision;
-    out["decoder"] = decoder;
-    out["visual_tokens"] = c.visual_tokens == VisualTokens::CLS ? "cls" : "patches";
-    out["pad_id"] = c.pad_id;
-    out["bos_id"] = c.bos_id;
-    out["eos_id"] = c.eos_id;
+    for_each_field(c, [&](const char* section, const char* name, const auto& field) {
+        io::Json& target = *section ? out[section] : out;
+        if (target.is_null()) target = io::Json::object();
+        if constexpr (std::is_same_v<std::decay_t<decltype(field)>, VisualTokens>)
+            target[name] = visual_tokens_name(field);
+        else
+            target[name] = field;
+    });
     return out;
 }
 
+// The config from its JSON; every field must be present, with the right type.
 inline VLMConfig config_from_json(const io::Json& j) {
     VLMConfig c;
-    const io::Json& v = j.at("vision");
-    c.vision.image_size = v.at("image_size").as_int();
-    c.vision.patch_size = v.at("patch_size").as_int();
-    c.vision.channels = v.at("channels").as_int();
-    c.vision.dim = v.at("dim").as_int();
-    c.vision.n_blocks = v.at("n_blocks").as_int();
-    c.vision.n_heads = v.at("n_heads").as_int();
-    c.vision.mlp_ratio = v.at("mlp_ratio").as_int();
-    c.vision.dropout = v.at("dropout").as_double();
-    const io::Json& d = j.at("decoder");
-    c.decoder.vocab_size = d.at("vocab_size").as_int();
-    c.decoder.n_embd = d.at("n_embd").as_int();
-    c.decoder.n_head = d.at("n_head").as_int();
-    c.decoder.n_layer = d.at("n_layer").as_int();
-    c.decoder.num_experts = d.at("num_experts").as_int();
-    c.decoder.top_k = d.at("top_k").as_int();
-    c.decoder.expert_ratio = d.at("expert_ratio").as_int();
-    c.decoder.block_size = d.at("block_size").as_int();
-    c.decoder.dropout = d.at("dropout").as_double();
-    const std::string visual = j.at("visual_tokens").as_string();
-    SEEMOE_CHECK(visual == "cls" || visual == "patches", "[checkpoint] unknown visual_tokens '", visual, "'");
-    c.visual_tokens = visual == "cls" ? VisualTokens::CLS : VisualTokens::Patches;
-    c.pad_id = j.at("pad_id").as_int();
-    c.bos_id = j.at("bos_id").as_int();
-    c.eos_id = j.at("eos_id").as_int();
+    for_each_field(c, [&](const char* section, const char* name, auto& field) {
+        const io::Json& value = (*section ? j.at(section) : j).at(name);
+        using Field = std::decay_t<decltype(field)>;
+        if constexpr (std::is_same_v<Field, VisualTokens>) {
+            SEEMOE_CHECK(visual_tokens_from_name(value.as_string(), field), "[checkpoint] unknown visual_tokens '",
+                         value.as_string(), "'");
+        } else if constexpr (std::is_same_v<Field, double>) {
+            field = value.as_double();
+        } else {
+            field = value.as_int();
+        }
+    });
     return c;
 }
 
-// Writes every parameter of `model` under its dotted name, with `metadata`, atomically.
-inline void save_model(const std::string& path, Module<float>& model,
-                       const std::map<std::string, std::string>& metadata = {}) {
-    io::save_safetensors(path, model.named_parameters(), metadata);
+// Writes `model` to `path` (atomically): every parameter under its dotted name, and in the
+// metadata the config, the tokenizer's vocabulary and the training step, plus `extra` strings.
+inline void save_model(const std::string& path, VisionMoELanguageModel<float>& model,
+                       const data::CharTokenizer& tokenizer, Index step,
+                       std::map<std::string, std::string> extra = {}) {
+    SEEMOE_CHECK(tokenizer.vocab_size() == model.config.decoder.vocab_size, "[checkpoint] the tokenizer has ",
+                 tokenizer.vocab_size(), " tokens but the model's vocab_size is ", model.config.decoder.vocab_size);
+    extra["format"] = kModelFormat;
+    extra["config"] = config_to_json(model.config).dump();
+    extra["vocab"] = tokenizer.to_json();
+    extra["step"] = std::to_string(step);
+    io::save_safetensors(path, model.named_parameters(), extra);
 }
 
 // Copies the tensors of a loaded file into `model`'s parameters, strictly by name and shape.
@@ -105,24 +107,33 @@ inline void load_parameters(const io::SafetensorsFile& file, Module<float>& mode
                      "' ", shape_str(tensor.shape()), " that the model does not have");
 }
 
-// A model rebuilt from a checkpoint: its config from the metadata, then the weights.
+// A model rebuilt from a checkpoint, with its vocabulary and step.
 struct LoadedModel {
     VLMConfig config;
     VisionMoELanguageModel<float> model;
-    std::map<std::string, std::string> metadata;
+    data::CharTokenizer tokenizer;
+    Index step = 0;
+    std::map<std::string, std::string> metadata;  // everything, including what save_model's `extra` held
 };
 
 inline LoadedModel load_model(const std::string& path) {
     io::SafetensorsFile file = io::load_safetensors<float>(path);
-    auto it = file.metadata.find("config");
-    SEEMOE_CHECK(it != file.metadata.end(), "[checkpoint] '", path,
-                 "' has no 'config' in its metadata: not a seemoe model checkpoint");
+    const auto meta = [&](const char* key) -> const std::string& {
+        const auto it = file.metadata.find(key);
+        SEEMOE_CHECK(it != file.metadata.end(), "[checkpoint] '", path, "' has no '", key,
+                     "' in its metadata: not a seemoe model checkpoint");
+        return it->second;
+    };
     LoadedModel out;
-    out.config = config_from_json(io::Json::parse(it->second));
+    out.config = config_from_json(io::Json::parse(meta("config")));
+    out.tokenizer = data::CharTokenizer::from_json(meta("vocab"));
+    SEEMOE_CHECK(out.tokenizer.vocab_size() == out.config.decoder.vocab_size, "[checkpoint] '", path, "' has ",
+                 out.tokenizer.vocab_size(), " vocabulary tokens but a model for ", out.config.decoder.vocab_size);
+    out.step = parse_step(meta("step"), path);
     Rng init_rng(0);  // the initial values are overwritten just below
     out.model = VisionMoELanguageModel<float>(out.config, init_rng);
     load_parameters(file, out.model);
-    out.metadata = file.metadata;
+    out.metadata = std::move(file.metadata);
     return out;
 }
 
@@ -192,7 +203,7 @@ Index load_training_state(const std::string& path, Module<float>& model, Optimiz
         state[i].step = steps.at(i).as_int();
     }
     rng_from_string(rng, file.metadata.at("rng"));
-    return std::stoll(file.metadata.at("step"));
+    return parse_step(file.metadata.at("step"), path);
 }
 
 }  // namespace seemoe::nn

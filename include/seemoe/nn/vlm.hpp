@@ -17,8 +17,11 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
+#include "../data/tokenizer.hpp"
 #include "../ops/functional.hpp"
 #include "decoder.hpp"
 #include "projector.hpp"
@@ -28,12 +31,59 @@ namespace seemoe::nn {
 
 enum class VisualTokens { CLS, Patches };
 
+// The names of VisualTokens in configs, checkpoints and flags: "cls" and "patches".
+inline const char* visual_tokens_name(VisualTokens v) { return v == VisualTokens::CLS ? "cls" : "patches"; }
+// The VisualTokens called `name`; false if there is none.
+inline bool visual_tokens_from_name(std::string_view name, VisualTokens& out) {
+    for (VisualTokens v : {VisualTokens::CLS, VisualTokens::Patches})
+        if (name == visual_tokens_name(v)) {
+            out = v;
+            return true;
+        }
+    return false;
+}
+
 struct VLMConfig {
     ViTConfig vision;
     DecoderConfig decoder;
     VisualTokens visual_tokens = VisualTokens::CLS;
-    Index pad_id = 0, bos_id = 1, eos_id = 2;  // the tokenizer's special tokens
+    // The tokenizer's special tokens (the model starts captions with bos and stops at eos).
+    Index pad_id = data::CharTokenizer::pad_id;
+    Index bos_id = data::CharTokenizer::bos_id;
+    Index eos_id = data::CharTokenizer::eos_id;
+
+    // Visual tokens per image: the CLS feature, or every patch.
+    Index num_visual_tokens() const { return visual_tokens == VisualTokens::CLS ? 1 : vision.num_patches(); }
 };
+
+// Every field of a VLMConfig, once, in checkpoint order: fn(section, name, field) with section
+// "vision", "decoder" or "" (top level). The checkpoint's JSON (nn/checkpoint.hpp) and the
+// example's summary and flags all walk this list, so a new field is added in one place.
+template <typename Config, typename Fn>
+void for_each_field(Config& c, Fn&& fn) {
+    static_assert(std::is_same_v<std::remove_const_t<Config>, VLMConfig>, "for_each_field takes a VLMConfig");
+    fn("vision", "image_size", c.vision.image_size);
+    fn("vision", "patch_size", c.vision.patch_size);
+    fn("vision", "channels", c.vision.channels);
+    fn("vision", "dim", c.vision.dim);
+    fn("vision", "n_blocks", c.vision.n_blocks);
+    fn("vision", "n_heads", c.vision.n_heads);
+    fn("vision", "mlp_ratio", c.vision.mlp_ratio);
+    fn("vision", "dropout", c.vision.dropout);
+    fn("decoder", "vocab_size", c.decoder.vocab_size);
+    fn("decoder", "n_embd", c.decoder.n_embd);
+    fn("decoder", "n_head", c.decoder.n_head);
+    fn("decoder", "n_layer", c.decoder.n_layer);
+    fn("decoder", "num_experts", c.decoder.num_experts);
+    fn("decoder", "top_k", c.decoder.top_k);
+    fn("decoder", "expert_ratio", c.decoder.expert_ratio);
+    fn("decoder", "block_size", c.decoder.block_size);
+    fn("decoder", "dropout", c.decoder.dropout);
+    fn("", "visual_tokens", c.visual_tokens);
+    fn("", "pad_id", c.pad_id);
+    fn("", "bos_id", c.bos_id);
+    fn("", "eos_id", c.eos_id);
+}
 
 struct SamplingOptions {
     Index max_new_tokens = 64;
@@ -84,9 +134,7 @@ public:
           projector(config.vision.dim, config.decoder.n_embd, static_cast<T>(config.decoder.dropout), rng),
           decoder(config.decoder, rng) {}
 
-    Index num_visual_tokens() const {
-        return config.visual_tokens == VisualTokens::CLS ? 1 : config.vision.num_patches();
-    }
+    Index num_visual_tokens() const { return config.num_visual_tokens(); }
 
     // images (B, 3, S, S) -> visual tokens (B, Tv, C)
     Tensor<T> encode_images(const Tensor<T>& images, Rng& rng) const {
@@ -107,17 +155,17 @@ public:
         return decoder.forward(input_ids, B, L, rng, visual);                // (B, Tv+L, V)
     }
 
-    // Mean cross-entropy over the caption targets (B, L); ignore_index -100 marks padding.
+    // Mean cross-entropy over the caption targets (B, L); kIgnoreIndex (-100) marks padding.
     Tensor<T> loss(const Tensor<T>& images, const std::vector<Index>& input_ids,
                    const std::vector<Index>& targets, Index L, Rng& rng) const {
         const Index B = images.size(0), Tv = num_visual_tokens();
         SEEMOE_CHECK(static_cast<Index>(targets.size()) == B * L, "[VisionMoELanguageModel] ",
                      targets.size(), " targets do not fill (B, L) = (", B, ", ", L, ")");
         Tensor<T> logits = forward(images, input_ids, L, rng);               // (B, Tv+L, V)
-        std::vector<Index> full_targets(static_cast<std::size_t>(B * (Tv + L)), kIgnore);
+        std::vector<Index> full_targets(static_cast<std::size_t>(B * (Tv + L)), kIgnoreIndex);
         for (Index b = 0; b < B; ++b)
             std::copy_n(targets.begin() + b * L, L, full_targets.begin() + b * (Tv + L) + Tv);
-        return cross_entropy(logits, full_targets, kIgnore);                 // ()
+        return cross_entropy(logits, full_targets, kIgnoreIndex);            // ()
     }
 
     // Captions for every image in the batch (token ids without <bos>/<eos>), KV-cached.
@@ -153,8 +201,6 @@ public:
         this->train(was_training);
         return captions;
     }
-
-    static constexpr Index kIgnore = -100;
 
     VLMConfig config;
     ViT<T> vision_encoder;

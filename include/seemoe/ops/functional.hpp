@@ -178,7 +178,7 @@ Tensor<T> log_softmax(const Tensor<T>& a, Index axis = -1) {
 // is ignored the loss is 0 (torch gives nan) and all gradients are 0.
 template <typename T>
 Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<Index>& targets,
-                        Index ignore_index = -100) {
+                        Index ignore_index = kIgnoreIndex) {
     SEEMOE_CHECK(logits.dim() >= 1 && logits.size(-1) >= 1,
                  "[cross_entropy] logits need a non-empty class axis, got shape ",
                  shape_str(logits.shape()));
