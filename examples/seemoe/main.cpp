@@ -21,17 +21,13 @@
 #include <optional>
 #include <string>
 
+#include "bench.hpp"
 #include "caption.hpp"
 #include "eval.hpp"
 #include "team.hpp"
 #include "train.hpp"
 #ifdef SEEMOE_WITH_MPI
 #include "distributed.hpp"
-#endif
-
-#if __has_include("bench.hpp")
-#include "bench.hpp"
-#define SEEMOE_CLI_HAS_BENCH 1
 #endif
 
 namespace {
@@ -68,14 +64,7 @@ int dispatch(int argc, char** argv, cli::Team& team) {
     if (command == "train") return cli::run_train(argc, argv, team);
     if (command == "caption") return cli::run_caption(argc, argv);
     if (command == "eval") return cli::run_eval(argc, argv);
-    if (command == "bench") {
-#ifdef SEEMOE_CLI_HAS_BENCH
-        return run_bench(argc, argv, team);
-#else
-        std::fprintf(stderr, "bench: not built\n");
-        return 2;
-#endif
-    }
+    if (command == "bench") return run_bench(argc, argv, team);
     throw cli::CliError("unknown command '" + command + "'", "use train, caption, eval or bench (see 'seemoe --help')");
 }
 
