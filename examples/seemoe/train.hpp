@@ -12,6 +12,8 @@
 //   * --out receives model.safetensors (weights, config and vocabulary: all that `caption` and
 //     `eval` need), training_state.safetensors (AdamW moments, step, Rng, the run's settings) and
 //     metrics.jsonl (one JSON object per step; tokens_per_s counts caption tokens, the targets).
+// `train --text FILE` trains a text-only character model instead, with the same settings, files,
+// progress and --resume: its loop is run_text_train in train_text.hpp.
 #pragma once
 
 #include <cmath>
@@ -27,6 +29,7 @@
 #include "evaluation.hpp"
 #include "presets.hpp"
 #include "team.hpp"
+#include "text.hpp"
 
 namespace cli {
 
@@ -36,12 +39,20 @@ using seemoe::io::Json;
 // continue with them.
 struct TrainSettings {
     std::string data = kDefaultData;
+    std::string text;  // a text run's file; empty for image runs
     std::string preset = "demo";
     Index steps = 0, batch = 0, warmup = 0;
     double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.01, grad_clip = 1.0;
     std::uint64_t seed = 1337;
-    Index eval_every = 0, eval_samples = 200, save_every = 0, log_every = 0;
+    Index eval_every = 0, eval_samples = 200, eval_batches = 200, save_every = 0, log_every = 0;
+
+    bool is_text() const { return !text.empty(); }
 };
+
+// The settings that mean something only for image runs, or only for text runs: the others are
+// refused as flags and left out of the run table.
+inline bool image_only_setting(const std::string& name) { return name == "data" || name == "eval_samples"; }
+inline bool text_only_setting(const std::string& name) { return name == "text" || name == "eval_batches"; }
 
 // The flag that sets a setting, and the range its value must be in.
 struct SettingFlag {
@@ -57,8 +68,11 @@ void for_each_setting(Settings& s, Fn&& fn) {
     static const SettingFlag data{{"--data", "DIR",
                                    "data set folder with captions.csv (default: data/shapes, relative to the "
                                    "current directory)"}};
+    static const SettingFlag text{{"--text", "FILE",
+                                   "train a text-only character model on FILE (UTF-8) instead: see README "
+                                   "'Text only (makeMoE)'"}};
     static const SettingFlag steps{{"--steps", "N", "total optimisation steps"}, 1};
-    static const SettingFlag batch{{"--batch", "N", "images per step"}, 1};
+    static const SettingFlag batch{{"--batch", "N", "images (text: windows) per step"}, 1};
     static const SettingFlag warmup{{"--warmup", "N", "linear warmup steps before the cosine decay"}, 0};
     static const SettingFlag lr{{"--lr", "X", "peak learning rate (AdamW, weight decay 0.01)"}, 0, 10};
     static const SettingFlag seed{{"--seed", "N", "seed of every random number (default 1337)"}};
@@ -66,11 +80,14 @@ void for_each_setting(Settings& s, Fn&& fn) {
         {"--eval-every", "N", "validate every N steps (val loss, exact match, sample captions)"}, 1};
     static const SettingFlag eval_samples{
         {"--eval-samples", "N", "val images captioned for the periodic exact match (default 200)"}, 1};
+    static const SettingFlag eval_batches{
+        {"--eval-batches", "N", "text: val batches of --batch windows in the periodic val loss (default 200)"}, 1};
     static const SettingFlag save_every{
         {"--save-every", "N", "checkpoint every N steps (default: like --eval-every); always at the end"}, 1};
     static const SettingFlag log_every{
         {"--log-every", "N", "progress line every N steps when stdout is not a terminal"}, 1};
     fn("data", s.data, &data);
+    fn("text", s.text, &text);
     fn("preset", s.preset, nullptr);  // chosen by --preset, which also picks the defaults
     fn("steps", s.steps, &steps);
     fn("batch", s.batch, &batch);
@@ -82,6 +99,7 @@ void for_each_setting(Settings& s, Fn&& fn) {
     fn("seed", s.seed, &seed);
     fn("eval_every", s.eval_every, &eval_every);
     fn("eval_samples", s.eval_samples, &eval_samples);
+    fn("eval_batches", s.eval_batches, &eval_batches);
     fn("save_every", s.save_every, &save_every);
     fn("log_every", s.log_every, &log_every);
 }
@@ -100,6 +118,7 @@ inline Json settings_to_json(const TrainSettings& s) {
 inline TrainSettings settings_from_json(const Json& j) {
     TrainSettings s;
     for_each_setting(s, [&](const char* name, auto& field, const SettingFlag*) {
+        if (text_only_setting(name) && !j.contains(name)) return;  // saved before text runs existed
         const Json& value = j.at(name);
         using Field = std::decay_t<decltype(field)>;
         if constexpr (std::is_same_v<Field, std::string>) field = value.as_string();
@@ -110,11 +129,17 @@ inline TrainSettings settings_from_json(const Json& j) {
     return s;
 }
 
-// Flags given on the command line win over the preset (or, when resuming, the stored run).
+// Flags given on the command line win over the preset (or, when resuming, the stored run). A
+// flag of the other kind of run (--eval-samples for text, --eval-batches for images) is refused.
 inline void apply_setting_flags(const Args& args, TrainSettings& s) {
-    for_each_setting(s, [&](const char*, auto& field, const SettingFlag* flag) {
+    const bool text_run = s.is_text() || args.has("--text");
+    for_each_setting(s, [&](const char* setting, auto& field, const SettingFlag* flag) {
         if (!flag) return;
         const std::string name = flag->spec.name;
+        if (args.has(name) && (text_run ? image_only_setting(setting) : text_only_setting(setting)))
+            throw CliError(name + (text_run ? " applies to image runs, not to a text run (--text)"
+                                            : " applies to text runs (--text FILE) only"),
+                           "drop " + name);
         using Field = std::decay_t<decltype(field)>;
         if constexpr (std::is_same_v<Field, std::string>) field = args.get(name, field);
         else if constexpr (std::is_same_v<Field, std::uint64_t>) field = args.get_seed(name, field);
@@ -124,10 +149,12 @@ inline void apply_setting_flags(const Args& args, TrainSettings& s) {
     s.warmup = std::min(s.warmup, s.steps);
 }
 
-// The settings as run-table rows, "name  value", straight from the field list.
+// The settings as run-table rows, "name  value", straight from the field list (those of this
+// kind of run).
 inline std::vector<std::pair<std::string, std::string>> describe_settings(const TrainSettings& s) {
     std::vector<std::pair<std::string, std::string>> rows;
     for_each_setting(s, [&](const char* name, const auto& field, const SettingFlag*) {
+        if (s.is_text() ? image_only_setting(name) : text_only_setting(name)) return;
         using Field = std::decay_t<decltype(field)>;
         if constexpr (std::is_same_v<Field, std::string>) rows.push_back({name, field});
         else if constexpr (std::is_same_v<Field, double>) rows.push_back({name, format("%g", field)});
@@ -139,7 +166,7 @@ inline std::vector<std::pair<std::string, std::string>> describe_settings(const 
 inline std::vector<FlagSpec> run_flags() {
     std::vector<FlagSpec> flags = {
         {"--out", "DIR", "where checkpoints and metrics.jsonl go (default: runs/<preset>)"},
-        {"--preset", "NAME", "tiny | demo | seemore (default: demo)"},
+        {"--preset", "NAME", "tiny | demo | seemore (default: demo); makemoe for --text (its default)"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores); 1 gives bit-identical reruns"},
         {"--resume", nullptr, "continue the run in --out (its settings; flags given here override them)"},
         {"--force", nullptr, "start afresh even if --out already holds a run (its files are replaced)"},
@@ -159,26 +186,34 @@ inline std::vector<FlagSpec> train_flags() {
 }
 
 inline std::string train_usage() {
-    return "usage: seemoe train [--data DIR] [--out DIR] [--preset tiny|demo|seemore] [--steps N] [--batch N]\n"
+    return "usage: seemoe train [--data DIR | --text FILE] [--out DIR] [--preset NAME] [--steps N] [--batch N]\n"
            "                    [--lr X] [--seed N] [--threads N] [--resume] [model size flags]\n"
            "                    [--eval-every N] [--save-every N] [--log-every N]\n\n"
            "Trains the vision MoE language model to caption the images of a data set: a folder with\n"
            "captions.csv (columns image, caption, split = train|val|test) and the images it names.\n"
            "--data defaults to data/shapes RELATIVE TO THE CURRENT DIRECTORY (run from the source\n"
            "tree, or pass the path). The preset sets every number; flags override single ones.\n\n"
+           "With --text FILE it trains a text-only character language model on a UTF-8 text file\n"
+           "instead (makeMoE's model with the makemoe preset): the first 90% of the characters train,\n"
+           "the last 10% validate; every --eval-every steps the val loss is the mean over --eval-batches\n"
+           "batches of random val windows (the same windows each time); the final report scores the\n"
+           "whole val part. 'seemoe generate' then continues text with it.\n\n"
            "presets:\n"
            "  tiny      seconds; for tests (image 32, patch 8, ViT 32 x 1, decoder 32 x 2, 4 experts)\n"
            "  demo      the default (image 24, patch 4, ViT 96 x 2, decoder 64 x 3, 8 experts top-2,\n"
            "            6000 steps of 32, lr 5e-4): 98% exact on val in 5m25s on a 2-core AVX-512 VM,\n"
            "            11m41s on a 2-core Intel Xeon (Cascade Lake) VM\n"
-           "  seemore   the original seeMoE sizes (image 96, patch 16, ViT 512 x 3, decoder 128 x 8)\n\n"
+           "  seemore   the original seeMoE sizes (image 96, patch 16, ViT 512 x 3, decoder 128 x 8)\n"
+           "  makemoe   text only, the default with --text FILE: makeMoE's character model (decoder\n"
+           "            128 x 8, 8 heads, 8 experts top-2, 32 positions, dropout 0.1; 5000 steps of 16\n"
+           "            windows, lr 1e-3)\n\n"
            "flags:\n" +
            flag_help(run_flags()) + "\nmodel size flags (override the preset; fixed when resuming):\n" +
            flag_help(model_flags()) +
            "\nWrites DIR/model.safetensors (weights, config, vocabulary), DIR/training_state.safetensors\n"
            "(AdamW moments, step, rng, settings) and DIR/metrics.jsonl (one JSON object per step: step,\n"
-           "loss, lr, tokens_per_s = caption tokens per second, and val figures when measured; then a\n"
-           "final line with the val and test figures).\n";
+           "loss, lr, tokens_per_s = caption tokens (text: characters) per second, and val figures when\n"
+           "measured; then a final line with the val and test figures).\n";
 }
 
 struct RunFiles {
@@ -258,15 +293,18 @@ private:
 };
 
 // Everything a run has before its first step: fresh from the preset and flags, or restored.
-struct RunState {
+// ModelType: the vision-language Model, or a TextModel for text runs.
+template <typename ModelType>
+struct BasicRunState {
     TrainSettings settings;
-    Model model;
+    ModelType model;
     std::unique_ptr<seemoe::AdamW<float>> optimizer;
     Rng rng{0};               // dropout and router noise; saved with the checkpoint
     Index start_step = 0;     // steps already taken
     CharTokenizer tokenizer;  // the checkpoint's vocabulary (resume only)
     bool resumed = false;
 };
+using RunState = BasicRunState<Model>;
 
 // The settings of a new run, after checking that --out does not hold one already.
 inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& files) {
@@ -292,17 +330,19 @@ inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& 
     return run;
 }
 
-// Model, optimiser, Rng, step and settings from the checkpoint in --out; flags override settings.
-inline RunState restore_run(const Args& args, const RunFiles& files) {
+// Model, optimiser, Rng, step and settings from the checkpoint in --out, read by
+// load_checkpoint(path) (load_checkpoint or load_text_checkpoint); flags override settings.
+template <typename ModelType, typename LoadCheckpoint>
+BasicRunState<ModelType> restore_checkpoint(const Args& args, const RunFiles& files, LoadCheckpoint&& load_checkpoint) {
     const std::string hint = "resume needs model.safetensors and training_state.safetensors from an earlier "
                              "'seemoe train --out " +
                              files.out.string() + "'; start without --resume to train afresh";
     std::error_code ec;
     if (!fs::exists(files.model, ec) || !fs::exists(files.state, ec))
         throw CliError("no checkpoint to resume in " + files.out.string(), hint);
-    RunState run;
+    BasicRunState<ModelType> run;
     run.resumed = true;
-    Checkpoint ck;
+    decltype(load_checkpoint(files.model.string())) ck;
     try {
         ck = load_checkpoint(files.model.string());
     } catch (const CliError& e) {
@@ -324,6 +364,11 @@ inline RunState restore_run(const Args& args, const RunFiles& files) {
     if (train_json == stored.end()) throw CliError(files.state.string() + " lacks the run's settings", hint);
     run.settings = with_hint(hint, [&] { return settings_from_json(Json::parse(train_json->second)); });
     apply_setting_flags(args, run.settings);
+    return run;
+}
+
+inline RunState restore_run(const Args& args, const RunFiles& files) {
+    RunState run = restore_checkpoint<Model>(args, files, load_checkpoint);
     // Model flags may restate the checkpoint's sizes but not change them.
     VLMConfig requested = run.model.config;
     apply_model_flags(args, requested);
@@ -425,19 +470,21 @@ inline Index target_count(const seemoe::data::Batch& batch) {
     return tokens;
 }
 
-// One optimisation step, the loop body of llm.c or nanoGPT: forward and loss, backward, clip
-// the global gradient norm, AdamW at the step's learning rate. Returns the loss (before the
-// update) and target count of the global batch; a loss that is not finite stops the run before
-// it can spoil the weights. With a team of several ranks `batch` is this rank's shard: its loss is scaled by its share of
-// the targets and the gradients are averaged over the ranks before clipping, so every rank steps
-// with the gradient of the whole global batch (team.hpp, distributed.hpp).
-inline TeamLoss train_step(Model& model, seemoe::AdamW<float>& optimizer, const std::vector<Tensor<float>>& params,
-                        const seemoe::data::Batch& batch, double lr, double grad_clip, Rng& rng, Index step,
-                        Team& team) {
+// One optimisation step, the loop body of llm.c or nanoGPT: forward and loss (compute_loss(),
+// the model's mean loss over this step's `targets` targets), backward, clip the global gradient
+// norm, AdamW at the step's learning rate. Returns the loss (before the update) and the target
+// count of the global batch; a loss that is not finite stops the run before it can spoil the
+// weights. Image and text runs share it. With a team of several ranks compute_loss() covers this
+// rank's slice of the global batch: its loss is scaled by its share of the targets and the
+// gradients are averaged over the ranks before clipping, so every rank steps with the gradient
+// of the whole global batch (team.hpp, distributed.hpp).
+template <typename ComputeLoss>
+TeamLoss train_step(ComputeLoss&& compute_loss, Index targets, seemoe::AdamW<float>& optimizer,
+                    const std::vector<Tensor<float>>& params, double lr, double grad_clip, Index step, Team& team) {
     optimizer.set_lr(lr);
     optimizer.zero_grad();
-    Tensor<float> loss = model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng);  // ()
-    const TeamLoss total = team.reduce_loss(loss.item(), target_count(batch));
+    Tensor<float> loss = compute_loss();  // ()
+    const TeamLoss total = team.reduce_loss(loss.item(), targets);
     if (!std::isfinite(total.mean))  // the same verdict on every rank: they all see the team's loss
         throw AgreedError(format("training diverged at step %lld (loss %g)", static_cast<long long>(step), total.mean),
                           "lower --lr, or resume from the last checkpoint with a lower --lr", team.leader());
@@ -483,6 +530,21 @@ inline void validate(Model& model, const TrainData& data, const std::vector<Inde
     row["val_samples"] = score.samples;
 }
 
+// The run's AdamW with the settings' weight decay, at the run's step.
+template <typename Run>
+void prepare_optimizer(Run& run) {
+    const TrainSettings& settings = run.settings;
+    seemoe::AdamWOptions adamw = run.optimizer->options();
+    if (adamw.weight_decay != settings.weight_decay) {
+        // AdamW's options are fixed at construction: rebuild it around the restored state.
+        auto state = run.optimizer->state();
+        adamw.weight_decay = settings.weight_decay;
+        run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters(), adamw);
+        run.optimizer->state() = state;
+    }
+    run.optimizer->set_step_count(run.start_step);
+}
+
 // The model and optimiser of the run: built from `config` (the preset with the flags applied) and
 // the seed, or restored; checked against the data (vocabulary, positions) before anything is
 // written.
@@ -506,20 +568,13 @@ inline void prepare_model(VLMConfig config, const RunFiles& files, const TrainDa
         run.model = with_hint("pick other model sizes", [&] { return Model(config, run.rng); });
         run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters());
     }
-    seemoe::AdamWOptions adamw = run.optimizer->options();
-    if (adamw.weight_decay != settings.weight_decay) {
-        // AdamW's options are fixed at construction: rebuild it around the restored state.
-        auto state = run.optimizer->state();
-        adamw.weight_decay = settings.weight_decay;
-        run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters(), adamw);
-        run.optimizer->state() = state;
-    }
-    run.optimizer->set_step_count(run.start_step);
+    prepare_optimizer(run);
 }
 
 // A new run starts with empty metrics and no stale checkpoint; a resumed one keeps the metrics
 // of the steps it has.
-inline void prepare_out(const RunFiles& files, const RunState& run) {
+template <typename Run>
+void prepare_out(const RunFiles& files, const Run& run) {
     std::error_code ec;
     fs::create_directories(files.out);
     if (run.resumed) {
@@ -540,6 +595,10 @@ inline Rng rank_step_rng(std::uint64_t seed, Index step, int rank) {
                (0x9E3779B97F4A7C15ULL * static_cast<std::uint64_t>(rank)));
 }
 
+// `seemoe train --text FILE` (and --resume of such a run): the text-only loop, in train_text.hpp.
+inline int run_text_train(const Args& args, const Preset& preset, const RunFiles& files, Index stop_at,
+                          const Stopwatch& wall, Team& team);
+
 inline int run_train(int argc, char** argv, Team& team) {
     Args args("train", train_flags(), argc, argv, 2);
     if (args.help()) {
@@ -549,12 +608,21 @@ inline int run_train(int argc, char** argv, Team& team) {
     if (!args.positionals().empty())
         throw CliError("unexpected argument '" + args.positionals().front() + "'", "run 'seemoe train --help' for usage");
     Stopwatch wall;
-    const Preset preset = make_preset(args.get_choice("--preset", "demo", preset_names()));
+    const Preset preset = make_preset(args.get_choice("--preset", args.has("--text") ? "makemoe" : "demo", preset_names()));
     const RunFiles files(args.get("--out", "runs/" + preset.name));
     const Index stop_at = args.get_int("--stop-at", 0, 1);
     if (args.flag("--resume") && args.flag("--force"))
         throw CliError("--resume and --force contradict each other", "pass one of them");
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
+    // A text run: --text FILE, or --resume of a run whose checkpoint holds a text model.
+    const bool text = args.has("--text") || (args.flag("--resume") && is_text_checkpoint(files.model.string()));
+    if (text && !args.flag("--resume") && !preset.text)
+        throw CliError("--preset " + preset.name + " sizes an image model, not a text model",
+                       "drop --preset (text runs use makemoe) or pass --preset makemoe");
+    if (!text && preset.text && !args.flag("--resume"))
+        throw CliError("--preset " + preset.name + " trains a text-only model and needs --text FILE",
+                       "pass --text FILE (e.g. tinyshakespeare.txt; see README 'Text only (makeMoE)')");
+    if (text) return run_text_train(args, preset, files, stop_at, wall, team);
 
     // ---- check everything: settings, checkpoint, data, model; nothing is written yet ----------
     // With several ranks, a failure on any of them stops all of them here, with its message.
@@ -608,7 +676,9 @@ inline int run_train(int argc, char** argv, Team& team) {
         const double lr = schedule.lr_at(step - 1);
         Rng rank_rng = rank_step_rng(settings.seed, step, team.rank());
         Rng& rng = team.leader() ? run.rng : rank_rng;
-        const TeamLoss result = train_step(model, optimizer, params, batch, lr, settings.grad_clip, rng, step, team);
+        const TeamLoss result =
+            train_step([&] { return model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng); },
+                       target_count(batch), optimizer, params, lr, settings.grad_clip, step, team);
         const float loss = static_cast<float>(result.mean);
         if (!team.leader()) continue;  // the leader alone reports, evaluates and saves
 

@@ -8,18 +8,23 @@
 // front of the tokens (the VLM's visual tokens); positions count from the start of the prefix.
 //
 // forward() builds the training graph; forward_cached() is the inference path with one KVCache per
-// block: call it once with the prompt, then once per new token.
+// block: call it once with the prompt, then once per new token. generate() continues a text with
+// those caches (see there for what happens once the text is longer than block_size).
 #pragma once
 
+#include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../ops/elementwise.hpp"
+#include "../ops/functional.hpp"
 #include "../ops/shape_ops.hpp"
 #include "attention.hpp"
 #include "embedding.hpp"
 #include "layer_norm.hpp"
 #include "moe.hpp"
+#include "sampling.hpp"
 
 namespace seemoe::nn {
 
@@ -34,6 +39,23 @@ struct DecoderConfig {
     Index block_size = 1000; // positions, prefix included
     double dropout = 0.1;
 };
+
+// Every field of a DecoderConfig, once, in checkpoint order: fn(name, field). A text model's
+// checkpoint JSON and the VLM's "decoder" section (for_each_field in vlm.hpp) both walk it.
+template <typename Config, typename Fn>
+void for_each_decoder_field(Config& c, Fn&& fn) {
+    static_assert(std::is_same_v<std::remove_const_t<Config>, DecoderConfig>,
+                  "for_each_decoder_field takes a DecoderConfig");
+    fn("vocab_size", c.vocab_size);
+    fn("n_embd", c.n_embd);
+    fn("n_head", c.n_head);
+    fn("n_layer", c.n_layer);
+    fn("num_experts", c.num_experts);
+    fn("top_k", c.top_k);
+    fn("expert_ratio", c.expert_ratio);
+    fn("block_size", c.block_size);
+    fn("dropout", c.dropout);
+}
 
 template <typename T>
 class SparseMoEBlock : public Module<T> {
@@ -96,6 +118,15 @@ public:
         return lm_head.forward(ln_f.forward(x));                             // (B, L, V)
     }
 
+    // Text alone: mean cross-entropy of ids (B, T) against targets (B, T) (kIgnoreIndex skips a
+    // position), the training loss of a character language model.
+    Tensor<T> loss(const std::vector<Index>& ids, const std::vector<Index>& targets, Index B, Index T_text,
+                   Rng& rng) const {
+        SEEMOE_CHECK(static_cast<Index>(targets.size()) == B * T_text, "[MoEDecoderLanguageModel] ",
+                     targets.size(), " targets do not fill (B, T) = (", B, ", ", T_text, ")");
+        return cross_entropy(forward(ids, B, T_text, rng), targets);         // ()
+    }
+
     // Inference with KV caches (one per block, reset by the caller): x (B, Tn, C) are the
     // embeddings of the new positions, which start at caches[0].length.
     Tensor<T> forward_cached(const Tensor<T>& x_new, std::vector<KVCache<T>>& caches) const {
@@ -130,6 +161,52 @@ public:
         for (auto& c : caches)
             c.reset(B, config.n_head, config.n_embd / config.n_head, std::min(max_len, config.block_size));
         return caches;
+    }
+
+    // Continues `prompt` (at least one token) by options.max_new_tokens tokens and returns them;
+    // on_token(id) sees each one as soon as it is chosen (to stream it). Each token is predicted
+    // from the last block_size tokens, as in training (and as makeMoE's generate crops its
+    // context). While the text fits in block_size the KV caches make each step one position of
+    // work; after that the window slides every step, and since positions are absolute (the
+    // oldest token leaves position 0, every other moves down one) the cached keys no longer
+    // apply: the caches are refilled from the window's block_size tokens, one forward of
+    // block_size positions per new token.
+    template <typename OnToken>
+    std::vector<Index> generate(const std::vector<Index>& prompt, const SamplingOptions& options, Rng& rng,
+                                OnToken&& on_token) {
+        SEEMOE_CHECK(!prompt.empty(), "[MoEDecoderLanguageModel::generate] the prompt needs at least one token");
+        for (Index id : prompt)
+            SEEMOE_CHECK(id >= 0 && id < config.vocab_size, "[MoEDecoderLanguageModel::generate] prompt token ", id,
+                         " is outside the vocabulary of ", config.vocab_size);
+        NoGradGuard no_grad;
+        const bool was_training = this->is_training();
+        this->eval();
+        const Index W = config.block_size, V = config.vocab_size;
+        std::vector<Index> text = prompt, generated;
+        std::vector<KVCache<T>> caches = make_caches(1, W);
+        Index start = 0;  // the caches hold the keys of text[start, start + caches[0].length)
+        for (Index step = 0; step < options.max_new_tokens; ++step) {
+            const Index length = static_cast<Index>(text.size());
+            const Index window = std::max<Index>(0, length - W);
+            if (window != start) {  // the window slid: its tokens all sit at new positions
+                start = window;
+                for (auto& cache : caches) cache.length = 0;
+            }
+            const Index done = start + caches[0].length;
+            const std::vector<Index> fresh(text.begin() + done, text.end());
+            const Index Tn = static_cast<Index>(fresh.size());
+            Tensor<T> logits = forward_cached(embed(fresh, 1, Tn, Tensor<T>()), caches);  // (1, Tn, V)
+            const Index next = sample_token(logits.data() + (Tn - 1) * V, V, options, rng);
+            text.push_back(next);
+            generated.push_back(next);
+            on_token(next);
+        }
+        this->train(was_training);
+        return generated;
+    }
+
+    std::vector<Index> generate(const std::vector<Index>& prompt, const SamplingOptions& options, Rng& rng) {
+        return generate(prompt, options, rng, [](Index) {});
     }
 
     DecoderConfig config;

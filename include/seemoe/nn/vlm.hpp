@@ -25,6 +25,7 @@
 #include "../ops/functional.hpp"
 #include "decoder.hpp"
 #include "projector.hpp"
+#include "sampling.hpp"
 #include "vision.hpp"
 
 namespace seemoe::nn {
@@ -70,58 +71,11 @@ void for_each_field(Config& c, Fn&& fn) {
     fn("vision", "n_heads", c.vision.n_heads);
     fn("vision", "mlp_ratio", c.vision.mlp_ratio);
     fn("vision", "dropout", c.vision.dropout);
-    fn("decoder", "vocab_size", c.decoder.vocab_size);
-    fn("decoder", "n_embd", c.decoder.n_embd);
-    fn("decoder", "n_head", c.decoder.n_head);
-    fn("decoder", "n_layer", c.decoder.n_layer);
-    fn("decoder", "num_experts", c.decoder.num_experts);
-    fn("decoder", "top_k", c.decoder.top_k);
-    fn("decoder", "expert_ratio", c.decoder.expert_ratio);
-    fn("decoder", "block_size", c.decoder.block_size);
-    fn("decoder", "dropout", c.decoder.dropout);
+    for_each_decoder_field(c.decoder, [&](const char* name, auto& field) { fn("decoder", name, field); });
     fn("", "visual_tokens", c.visual_tokens);
     fn("", "pad_id", c.pad_id);
     fn("", "bos_id", c.bos_id);
     fn("", "eos_id", c.eos_id);
-}
-
-struct SamplingOptions {
-    Index max_new_tokens = 64;
-    double temperature = 0.0;  // 0: greedy (argmax)
-    Index top_k = 0;           // 0: no top-k filter
-    double top_p = 1.0;        // 1: no nucleus filter
-};
-
-// Picks the next token from one row of logits (V).
-template <typename T>
-Index sample_token(const T* logits, Index V, const SamplingOptions& options, Rng& rng) {
-    if (options.temperature <= 0.0) return static_cast<Index>(std::max_element(logits, logits + V) - logits);
-    std::vector<Index> order(static_cast<std::size_t>(V));
-    std::iota(order.begin(), order.end(), Index(0));
-    std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) { return logits[a] > logits[b]; });
-    Index keep = (options.top_k > 0) ? std::min(options.top_k, V) : V;
-    std::vector<double> probs(static_cast<std::size_t>(keep));
-    double total = 0.0;
-    for (Index i = 0; i < keep; ++i) {
-        probs[i] = std::exp((static_cast<double>(logits[order[i]]) - logits[order[0]]) / options.temperature);
-        total += probs[i];
-    }
-    if (options.top_p < 1.0) {  // smallest prefix whose probability reaches top_p
-        double mass = 0.0;
-        Index cut = 0;
-        while (cut < keep) {
-            mass += probs[cut++] / total;
-            if (mass >= options.top_p) break;
-        }
-        keep = cut;
-        total = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
-    }
-    double u = rng.uniform() * total;
-    for (Index i = 0; i < keep; ++i) {
-        u -= probs[i];
-        if (u < 0) return order[i];
-    }
-    return order[keep - 1];
 }
 
 template <typename T>
