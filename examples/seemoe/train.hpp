@@ -28,6 +28,7 @@
 
 #include "evaluation.hpp"
 #include "presets.hpp"
+#include "team.hpp"
 #include "text.hpp"
 
 namespace cli {
@@ -408,7 +409,7 @@ struct TrainData {
 // The table printed before the first step: what this run is, the model's config and the
 // settings (both straight from their field lists), and what is derived from them.
 inline void print_run_table(const RunState& run, const TrainData& data, const RunFiles& files, Model& model,
-                            Index end_step) {
+                            Index end_step, const Team& team) {
     const TrainSettings& s = run.settings;
     std::vector<std::pair<std::string, std::string>> rows = {
         {"run", run.resumed ? format("resuming from step %lld", static_cast<long long>(run.start_step)) : "new"},
@@ -422,7 +423,9 @@ inline void print_run_table(const RunState& run, const TrainData& data, const Ru
     if (end_step < s.steps) rows.push_back({"this run stops", format("at step %lld", static_cast<long long>(end_step))});
     if (data.batch_size < s.batch)
         rows.push_back({"batch used", format("%lld (all the training images)", static_cast<long long>(data.batch_size))});
-    rows.push_back({"threads", std::to_string(seemoe::num_threads())});
+    for (const auto& row : team.describe(data.batch_size)) rows.push_back(row);
+    rows.push_back({"threads", team.size() > 1 ? format("%d per rank", seemoe::num_threads())
+                                               : std::to_string(seemoe::num_threads())});
     print_table("seemoe train", rows);
     std::fflush(stdout);
 }
@@ -460,25 +463,37 @@ inline Json final_report(Model& model, const TrainData& data, Index step, const 
     return report;
 }
 
+// Caption characters + <eos>: the positions of a batch that carry a target.
+inline Index target_count(const seemoe::data::Batch& batch) {
+    Index tokens = 0;
+    for (Index t : batch.targets) tokens += t != seemoe::kIgnoreIndex ? 1 : 0;
+    return tokens;
+}
+
 // One optimisation step, the loop body of llm.c or nanoGPT: forward and loss (compute_loss(),
-// the model's loss on this step's batch), backward, clip the global gradient norm, AdamW at the
-// step's learning rate. Returns the loss (before the update); a loss that is not finite stops
-// the run before it can spoil the weights. Image and text runs share it.
+// the model's mean loss over this step's `targets` targets), backward, clip the global gradient
+// norm, AdamW at the step's learning rate. Returns the loss (before the update) and the target
+// count of the global batch; a loss that is not finite stops the run before it can spoil the
+// weights. Image and text runs share it. With a team of several ranks compute_loss() covers this
+// rank's slice of the global batch: its loss is scaled by its share of the targets and the
+// gradients are averaged over the ranks before clipping, so every rank steps with the gradient
+// of the whole global batch (team.hpp, distributed.hpp).
 template <typename ComputeLoss>
-float train_step(ComputeLoss&& compute_loss, seemoe::AdamW<float>& optimizer, const std::vector<Tensor<float>>& params,
-                 double lr, double grad_clip, Index step) {
+TeamLoss train_step(ComputeLoss&& compute_loss, Index targets, seemoe::AdamW<float>& optimizer,
+                    const std::vector<Tensor<float>>& params, double lr, double grad_clip, Index step, Team& team) {
     optimizer.set_lr(lr);
     optimizer.zero_grad();
     Tensor<float> loss = compute_loss();  // ()
-    const float loss_value = loss.item();
-    if (!std::isfinite(loss_value))
-        throw CliError(format("training diverged at step %lld (loss %g)", static_cast<long long>(step),
-                              static_cast<double>(loss_value)),
-                       "lower --lr, or resume from the last checkpoint with a lower --lr");
+    const TeamLoss total = team.reduce_loss(loss.item(), targets);
+    if (!std::isfinite(total.mean))  // the same verdict on every rank: they all see the team's loss
+        throw AgreedError(format("training diverged at step %lld (loss %g)", static_cast<long long>(step), total.mean),
+                          "lower --lr, or resume from the last checkpoint with a lower --lr", team.leader());
+    if (total.scale != 1.0) loss = seemoe::mul(loss, static_cast<float>(total.scale));  // ()
     loss.backward();
+    team.reduce_gradients();
     seemoe::clip_grad_norm(params, grad_clip);
     optimizer.step();
-    return loss_value;
+    return total;
 }
 
 // Caption tokens per second for the progress line: a running mean of step time and tokens over
@@ -498,13 +513,6 @@ private:
     Index steps_ = 0;
     double seconds_ = 0, tokens_ = 0;
 };
-
-// Caption characters + <eos>: the positions of a batch that carry a target.
-inline Index target_count(const seemoe::data::Batch& batch) {
-    Index tokens = 0;
-    for (Index t : batch.targets) tokens += t != seemoe::kIgnoreIndex ? 1 : 0;
-    return tokens;
-}
 
 // The periodic validation: val loss on the whole split, exact match and character accuracy on
 // `subset`; printed with a few sample captions and added to the step's metrics row.
@@ -579,11 +587,19 @@ void prepare_out(const RunFiles& files, const Run& run) {
     }
 }
 
+// The Rng of dropout and router noise on a rank other than 0 for one step: a function of (seed,
+// step, rank), so a resumed run draws the same noise without saving every rank's state (rank 0
+// uses the run's own Rng, which the checkpoint holds, so one process runs exactly as before).
+inline Rng rank_step_rng(std::uint64_t seed, Index step, int rank) {
+    return Rng(seed ^ (0xD1B54A32D192ED03ULL * static_cast<std::uint64_t>(step)) ^
+               (0x9E3779B97F4A7C15ULL * static_cast<std::uint64_t>(rank)));
+}
+
 // `seemoe train --text FILE` (and --resume of such a run): the text-only loop, in train_text.hpp.
 inline int run_text_train(const Args& args, const Preset& preset, const RunFiles& files, Index stop_at,
-                          const Stopwatch& wall);
+                          const Stopwatch& wall, Team& team);
 
-inline int run_train(int argc, char** argv) {
+inline int run_train(int argc, char** argv, Team& team) {
     Args args("train", train_flags(), argc, argv, 2);
     if (args.help()) {
         std::printf("%s", train_usage().c_str());
@@ -606,15 +622,28 @@ inline int run_train(int argc, char** argv) {
     if (!text && preset.text && !args.flag("--resume"))
         throw CliError("--preset " + preset.name + " trains a text-only model and needs --text FILE",
                        "pass --text FILE (e.g. tinyshakespeare.txt; see README 'Text only (makeMoE)')");
-    if (text) return run_text_train(args, preset, files, stop_at, wall);
+    if (text) return run_text_train(args, preset, files, stop_at, wall, team);
 
     // ---- check everything: settings, checkpoint, data, model; nothing is written yet ----------
-    RunState run = args.flag("--resume") ? restore_run(args, files) : new_run(args, preset, files);
+    // With several ranks, a failure on any of them stops all of them here, with its message.
+    RunState run;
+    std::unique_ptr<const TrainData> loaded;
+    team.agree([&] {
+        run = args.flag("--resume") ? restore_run(args, files) : new_run(args, preset, files);
+        VLMConfig config = run.resumed ? run.model.config : preset.model;
+        if (!run.resumed) apply_model_flags(args, config);
+        loaded = std::make_unique<const TrainData>(run.settings.data, config.vision.image_size, run.settings.batch);
+        prepare_model(config, files, *loaded, run);
+        if (loaded->batch_size < team.size())
+            throw CliError(format("a batch of %lld images cannot give each of the %d ranks one",
+                                  static_cast<long long>(loaded->batch_size), team.size()),
+                           format("pass --batch %d or more (the global batch, split over the ranks)", team.size()));
+    });
     const TrainSettings& settings = run.settings;
-    VLMConfig config = run.resumed ? run.model.config : preset.model;
-    if (!run.resumed) apply_model_flags(args, config);
-    const TrainData data(settings.data, config.vision.image_size, settings.batch);
-    prepare_model(config, files, data, run);
+    const TrainData& data = *loaded;
+    team.check_same(settings_to_json(settings).dump() + seemoe::nn::config_to_json(run.model.config).dump() +
+                        data.tokenizer.to_json() + std::to_string(data.train.size()) + std::to_string(run.start_step),
+                    "flags, data or checkpoint");
     Model& model = run.model;
     seemoe::AdamW<float>& optimizer = *run.optimizer;
     // A resumed run already at (or past) its target trains nothing and only reports.
@@ -622,14 +651,18 @@ inline int run_train(int argc, char** argv) {
         std::max(run.start_step, stop_at > 0 ? std::min(stop_at, settings.steps) : settings.steps);
     const seemoe::LrSchedule schedule =
         seemoe::LrSchedule::cosine(settings.lr, settings.warmup, settings.steps, settings.lr * settings.min_lr_ratio);
-    print_run_table(run, data, files, model, end_step);
+    if (team.leader()) print_run_table(run, data, files, model, end_step, team);
 
-    // ---- from here on files are written ------------------------------------------------------
-    prepare_out(files, run);
-    std::ofstream metrics(files.metrics, std::ios::app);
+    // ---- from here on files are written (by the leader, rank 0) -----------------------------
+    std::ofstream metrics;
+    if (team.leader()) {
+        prepare_out(files, run);
+        metrics.open(files.metrics, std::ios::app);
+    }
     std::vector<Index> val_subset = all_samples(data.val);
     val_subset.resize(static_cast<std::size_t>(std::min(settings.eval_samples, data.val.size())));
     const std::vector<Tensor<float>> params = model.parameters();
+    team.start(params);  // every rank from rank 0's weights
     Progress progress(settings.log_every);
     ThroughputMeter meter;
     model.train();
@@ -637,15 +670,20 @@ inline int run_train(int argc, char** argv) {
     for (Index step = run.start_step + 1; step <= end_step; ++step) {
         Stopwatch step_clock;
         // Step s (from 0) takes batch s of the (seed, epoch) shuffle, so --resume continues exactly.
+        // With several ranks each takes its slice of that batch.
         const seemoe::data::Batch batch =
-            data.train_batcher->make_batch(data.train_batcher->step_samples(step - 1, settings.seed));
+            data.train_batcher->make_batch(team.shard(data.train_batcher->step_samples(step - 1, settings.seed)));
         const double lr = schedule.lr_at(step - 1);
-        const float loss = train_step(
-            [&] { return model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, run.rng); },
-            optimizer, params, lr, settings.grad_clip, step);
+        Rng rank_rng = rank_step_rng(settings.seed, step, team.rank());
+        Rng& rng = team.leader() ? run.rng : rank_rng;
+        const TeamLoss result =
+            train_step([&] { return model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng); },
+                       target_count(batch), optimizer, params, lr, settings.grad_clip, step, team);
+        const float loss = static_cast<float>(result.mean);
+        if (!team.leader()) continue;  // the leader alone reports, evaluates and saves
 
         const double dt = step_clock.seconds();
-        const Index tokens = target_count(batch);
+        const Index tokens = result.targets;
         meter.add(dt, tokens);
         progress.step(step, settings.steps, loss, lr, meter.tokens_per_second(),
                       meter.seconds_per_step() * static_cast<double>(end_step - step), step == end_step);
@@ -665,6 +703,7 @@ inline int run_train(int argc, char** argv) {
             save_checkpoint(files, model, optimizer, step, run.rng, data.tokenizer, settings);
         }
     }
+    if (!team.leader()) return 0;
     progress.newline();
     metrics.flush();
 

@@ -79,7 +79,13 @@ inline void print_text_run_table(TextRunState& run, const TextDataset& data, con
 }
 
 inline int run_text_train(const Args& args, const Preset& preset, const RunFiles& files, Index stop_at,
-                          const Stopwatch& wall) {
+                          const Stopwatch& wall, Team& team) {
+    // Data parallel training is written for the image runs only (train.hpp).
+    team.agree([&] {
+        if (team.size() > 1)
+            throw CliError("text runs (--text) train in one process only",
+                           "run 'seemoe train --text ...' without mpirun");
+    });
     // ---- check everything: settings, checkpoint, text, model; nothing is written yet -----------
     TextRunState run;
     if (args.flag("--resume")) {
@@ -134,8 +140,10 @@ inline int run_text_train(const Args& args, const Preset& preset, const RunFiles
         Stopwatch step_clock;
         const TextBatch batch = data.step_windows(step - 1, settings.seed, B);  // (B, T) inputs and targets
         const double lr = schedule.lr_at(step - 1);
-        const float loss = train_step([&] { return model.loss(batch.inputs, batch.targets, B, T, run.rng); },
-                                      optimizer, params, lr, settings.grad_clip, step);
+        const float loss = static_cast<float>(
+            train_step([&] { return model.loss(batch.inputs, batch.targets, B, T, run.rng); }, B * T, optimizer,
+                       params, lr, settings.grad_clip, step, team)
+                .mean);
 
         const double dt = step_clock.seconds();
         meter.add(dt, B * T);
