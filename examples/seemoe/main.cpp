@@ -9,8 +9,10 @@
 // loop. Errors the user can act on end the program with ONE line on stderr,
 //   seemoe: error: <what went wrong>; <what to do>
 // and exit code 2 (usage, data, checkpoint and library errors alike); --help exits 0.
+#include <csignal>
 #include <cstdio>
 #include <exception>
+#include <new>
 #include <filesystem>
 #include <string>
 
@@ -71,6 +73,9 @@ int dispatch(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // A write past the file-size limit (ulimit -f) then fails with EFBIG, which the writer reports
+    // and cleans up after, instead of SIGXFSZ killing the program half way through a checkpoint.
+    std::signal(SIGXFSZ, SIG_IGN);
     try {
         return dispatch(argc, argv);
     } catch (const cli::CliError& e) {
@@ -79,6 +84,8 @@ int main(int argc, char** argv) {
         return report(e.what(), "see 'seemoe --help'");
     } catch (const std::filesystem::filesystem_error& e) {
         return report(e.what(), "check the paths and their permissions");
+    } catch (const std::bad_alloc&) {
+        return report("out of memory", "choose smaller model sizes, batch or images");
     } catch (const std::exception& e) {
         return report(std::string("internal error: ") + e.what(), "please report this with the command line");
     }

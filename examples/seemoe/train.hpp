@@ -14,11 +14,15 @@
 //     metrics.jsonl (one JSON object per step; tokens_per_s counts caption tokens, the targets).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <limits>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -96,16 +100,50 @@ inline Json settings_to_json(const TrainSettings& s) {
     return j;
 }
 
+// What is wrong with a run's settings (the flags' ranges, and sane ranges for the fields no flag
+// sets), or "" if nothing is: stored settings are checked like flags.
+inline std::string settings_problem(const TrainSettings& s) {
+    std::string problem;
+    for_each_setting(s, [&](const char* name, const auto& field, const SettingFlag* flag) {
+        using Field = std::decay_t<decltype(field)>;
+        if (!problem.empty() || !flag) return;
+        // The same ranges as the flag's parser: integers have a minimum, numbers [min, max].
+        if constexpr (std::is_same_v<Field, Index>) {
+            if (field < static_cast<Index>(flag->min))
+                problem = format("field %s is %lld, less than %s allows (%g)", name, static_cast<long long>(field),
+                                 flag->spec.name, flag->min);
+        } else if constexpr (std::is_same_v<Field, double>) {
+            if (!(field >= flag->min && field <= flag->max))
+                problem = format("field %s is %g, outside the range of %s [%g, %g]", name, field, flag->spec.name,
+                                 flag->min, flag->max);
+        }
+    });
+    if (!problem.empty()) return problem;
+    if (s.data.empty()) return "field data is empty";
+    if (!(s.min_lr_ratio >= 0 && s.min_lr_ratio <= 1)) return format("field min_lr_ratio %g is not in [0, 1]", s.min_lr_ratio);
+    if (!(s.weight_decay >= 0 && s.weight_decay <= 1)) return format("field weight_decay %g is not in [0, 1]", s.weight_decay);
+    if (!(s.grad_clip > 0 && s.grad_clip <= 1e6)) return format("field grad_clip %g is not in (0, 1e6]", s.grad_clip);
+    if (s.warmup > s.steps) return "field warmup is larger than steps";
+    return "";
+}
+
+// The settings from their JSON: every field present with the right type, then checked.
 inline TrainSettings settings_from_json(const Json& j) {
     TrainSettings s;
     for_each_setting(s, [&](const char* name, auto& field, const SettingFlag*) {
-        const Json& value = j.at(name);
-        using Field = std::decay_t<decltype(field)>;
-        if constexpr (std::is_same_v<Field, std::string>) field = value.as_string();
-        else if constexpr (std::is_same_v<Field, std::uint64_t>) field = std::stoull(value.as_string());
-        else if constexpr (std::is_same_v<Field, double>) field = value.as_double();
-        else field = value.as_int();
+        try {
+            const Json& value = j.at(name);
+            using Field = std::decay_t<decltype(field)>;
+            if constexpr (std::is_same_v<Field, std::string>) field = value.as_string();
+            else if constexpr (std::is_same_v<Field, std::uint64_t>) field = seemoe::nn::parse_u64(value.as_string());
+            else if constexpr (std::is_same_v<Field, double>) field = value.as_double();
+            else field = value.as_int();
+        } catch (const seemoe::Error& e) {
+            throw seemoe::Error(std::string("field ") + name + ": " + e.what());
+        }
     });
+    const std::string problem = settings_problem(s);
+    if (!problem.empty()) throw seemoe::Error(problem);
     return s;
 }
 
@@ -143,6 +181,10 @@ inline std::vector<FlagSpec> run_flags() {
         {"--resume", nullptr, "continue the run in --out (its settings; flags given here override them)"},
         {"--force", nullptr, "start afresh even if --out already holds a run (its files are replaced)"},
         {"--stop-at", "N", "end this run after step N with a checkpoint; finish later with --resume"},
+        {"--max-bad-steps", "N",
+         "stop after N steps in a row with a non-finite loss or gradient (each is skipped; default 5)"},
+        {"--allow-outside-paths", nullptr,
+         "let captions.csv name images outside the data folder (absolute paths, '..', symlinks out)"},
     };
     TrainSettings defaults;
     for_each_setting(defaults, [&](const char*, const auto&, const SettingFlag* flag) {
@@ -191,6 +233,14 @@ struct RunFiles {
 inline void save_checkpoint(const RunFiles& files, Model& model, const seemoe::AdamW<float>& optimizer, Index step,
                             const Rng& rng, const CharTokenizer& tokenizer, const TrainSettings& settings) {
     const std::string hint = "check that --out is writable and the disk has space";
+    // The numerical guard skips non-finite steps, so this cannot fire; checked all the same,
+    // because a NaN in a checkpoint would poison every run resumed from it.
+    for (const auto& [name, p] : model.named_parameters())
+        for (Index i = 0; i < p.numel(); ++i)
+            if (!std::isfinite(p.data()[i]))
+                throw CliError("parameter " + name + " is not finite at step " + std::to_string(step) +
+                                   "; no checkpoint written",
+                               "resume from the last checkpoint with a lower --lr");
     // Model first: a crash between the two writes leaves a newer model than state, which resume
     // detects by comparing their steps.
     with_hint(hint, [&] {
@@ -206,7 +256,9 @@ inline void save_checkpoint(const RunFiles& files, Model& model, const seemoe::A
 inline void truncate_metrics(const fs::path& path, Index step) {
     std::error_code ec;
     if (!fs::exists(path, ec)) return;
-    std::ifstream in(path);
+    // read_file: a FIFO or a directory named metrics.jsonl is refused instead of blocking.
+    std::istringstream in(with_hint("remove or rename " + path.string() + " (it should be a regular file)",
+                                    [&] { return seemoe::io::read_file(path.string()); }));
     std::string line, kept;
     while (std::getline(in, line)) {
         try {
@@ -218,7 +270,6 @@ inline void truncate_metrics(const fs::path& path, Index step) {
             // a line cut short by a crash: drop it
         }
     }
-    in.close();
     with_hint("check that --out is writable and the disk has space",
               [&] { seemoe::io::write_file_atomic(path.string(), kept); });
 }
@@ -317,10 +368,13 @@ inline RunState restore_run(const Args& args, const RunFiles& files) {
                               files.model.string().c_str(), static_cast<long long>(ck.step),
                               files.state.string().c_str(), static_cast<long long>(run.start_step)),
                        "start afresh with --force");
-    const auto stored = seemoe::io::load_safetensors<float>(files.state.string()).metadata;
+    const auto stored = with_hint(hint, [&] { return seemoe::io::load_safetensors<float>(files.state.string()).metadata; });
     const auto train_json = stored.find("train");
     if (train_json == stored.end()) throw CliError(files.state.string() + " lacks the run's settings", hint);
-    run.settings = with_hint(hint, [&] { return settings_from_json(Json::parse(train_json->second)); });
+    run.settings = with_hint(hint, [&] {
+        return seemoe::nn::parse_metadata(files.state.string(), "metadata 'train'",
+                                          [&] { return settings_from_json(Json::parse(train_json->second)); });
+    });
     apply_setting_flags(args, run.settings);
     // Model flags may restate the checkpoint's sizes but not change them.
     VLMConfig requested = run.model.config;
@@ -333,10 +387,10 @@ inline RunState restore_run(const Args& args, const RunFiles& files) {
 
 // The three splits, the vocabulary and their batchers. Not movable: batchers point into the sets.
 struct TrainData {
-    TrainData(const std::string& path, Index image_size, Index batch)
-        : train(load_split(path, Split::train, image_size)),
-          val(load_split(path, Split::val, image_size)),
-          test(load_split(path, Split::test, image_size)) {
+    TrainData(const std::string& path, Index image_size, Index batch, bool allow_outside_paths)
+        : train(load_split(path, Split::train, image_size, allow_outside_paths)),
+          val(load_split(path, Split::val, image_size, allow_outside_paths)),
+          test(load_split(path, Split::test, image_size, allow_outside_paths)) {
         if (train.empty())
             throw CliError(path + " has no rows with split 'train'", "mark training rows with split = train in captions.csv");
         // Every character of every split, so val and test captions can be encoded and scored.
@@ -414,23 +468,51 @@ inline Json final_report(Model& model, const TrainData& data, Index step, const 
     return report;
 }
 
+// Steps whose gradient gets a NaN on purpose, from the environment variable SEEMOE_INJECT_NAN
+// ("3,4,5"): the fault-injection hook the tests use to exercise the numerical guard.
+inline std::vector<Index> injected_nan_steps() {
+    std::vector<Index> steps;
+    const char* text = std::getenv("SEEMOE_INJECT_NAN");
+    if (!text) return steps;
+    std::istringstream in(text);
+    std::string item;
+    while (std::getline(in, item, ','))
+        if (!item.empty()) steps.push_back(std::strtoll(item.c_str(), nullptr, 10));
+    return steps;
+}
+
+struct StepResult {
+    float loss = 0;       // before the update
+    bool skipped = false; // the loss or the gradient was not finite: nothing was updated
+};
+
 // One optimisation step, the loop body of llm.c or nanoGPT: forward and loss, backward, clip
-// the global gradient norm, AdamW at the step's learning rate. Returns the loss (before the
-// update); a loss that is not finite stops the run before it can spoil the weights.
-inline float train_step(Model& model, seemoe::AdamW<float>& optimizer, const std::vector<Tensor<float>>& params,
-                        const seemoe::data::Batch& batch, double lr, double grad_clip, Rng& rng, Index step) {
+// the global gradient norm, AdamW at the step's learning rate. The numerical guard: if the loss
+// or the gradient norm is not finite, the step is skipped (no update, gradients dropped), so a
+// NaN never reaches the weights, the moments or a checkpoint; the caller counts such steps.
+inline StepResult train_step(Model& model, seemoe::AdamW<float>& optimizer, const std::vector<Tensor<float>>& params,
+                             const seemoe::data::Batch& batch, double lr, double grad_clip, Rng& rng,
+                             bool inject_nan = false) {
     optimizer.set_lr(lr);
     optimizer.zero_grad();
     Tensor<float> loss = model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng);  // ()
-    const float loss_value = loss.item();
-    if (!std::isfinite(loss_value))
-        throw CliError(format("training diverged at step %lld (loss %g)", static_cast<long long>(step),
-                              static_cast<double>(loss_value)),
-                       "lower --lr, or resume from the last checkpoint with a lower --lr");
+    StepResult result;
+    result.loss = loss.item();
+    if (!std::isfinite(result.loss)) {
+        result.skipped = true;
+        return result;
+    }
     loss.backward();
-    seemoe::clip_grad_norm(params, grad_clip);
+    if (inject_nan && !params.empty() && params.front().has_grad())
+        params.front().node()->grad->data()[0] = std::numeric_limits<float>::quiet_NaN();
+    const double norm = seemoe::clip_grad_norm(params, grad_clip);
+    if (!std::isfinite(norm)) {
+        optimizer.zero_grad();
+        result.skipped = true;
+        return result;
+    }
     optimizer.step();
-    return loss_value;
+    return result;
 }
 
 // Caption tokens per second for the progress line: a running mean of step time and tokens over
@@ -535,6 +617,7 @@ inline int run_train(int argc, char** argv) {
     const Preset preset = make_preset(args.get_choice("--preset", "demo", preset_names()));
     const RunFiles files(args.get("--out", "runs/" + preset.name));
     const Index stop_at = args.get_int("--stop-at", 0, 1);
+    const Index max_bad_steps = args.get_int("--max-bad-steps", 5, 1);
     if (args.flag("--resume") && args.flag("--force"))
         throw CliError("--resume and --force contradict each other", "pass one of them");
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
@@ -544,7 +627,7 @@ inline int run_train(int argc, char** argv) {
     const TrainSettings& settings = run.settings;
     VLMConfig config = run.resumed ? run.model.config : preset.model;
     if (!run.resumed) apply_model_flags(args, config);
-    const TrainData data(settings.data, config.vision.image_size, settings.batch);
+    const TrainData data(settings.data, config.vision.image_size, settings.batch, args.flag("--allow-outside-paths"));
     prepare_model(config, files, data, run);
     Model& model = run.model;
     seemoe::AdamW<float>& optimizer = *run.optimizer;
@@ -565,13 +648,17 @@ inline int run_train(int argc, char** argv) {
     ThroughputMeter meter;
     model.train();
 
+    const std::vector<Index> inject = injected_nan_steps();
+    Index bad_in_a_row = 0, skipped = 0;
     for (Index step = run.start_step + 1; step <= end_step; ++step) {
         Stopwatch step_clock;
         // Step s (from 0) takes batch s of the (seed, epoch) shuffle, so --resume continues exactly.
         const seemoe::data::Batch batch =
             data.train_batcher->make_batch(data.train_batcher->step_samples(step - 1, settings.seed));
         const double lr = schedule.lr_at(step - 1);
-        const float loss = train_step(model, optimizer, params, batch, lr, settings.grad_clip, run.rng, step);
+        const bool poison = std::find(inject.begin(), inject.end(), step) != inject.end();
+        const StepResult result = train_step(model, optimizer, params, batch, lr, settings.grad_clip, run.rng, poison);
+        const float loss = result.loss;
 
         const double dt = step_clock.seconds();
         const Index tokens = target_count(batch);
@@ -583,6 +670,25 @@ inline int run_train(int argc, char** argv) {
         row["loss"] = loss;
         row["lr"] = lr;
         row["tokens_per_s"] = static_cast<Index>(std::lround(static_cast<double>(tokens) / std::max(dt, 1e-9)));
+        if (result.skipped) {
+            ++skipped;
+            ++bad_in_a_row;
+            row["skipped"] = true;
+            progress.newline();
+            std::printf("step %lld skipped: non-finite %s (%lld in a row, %lld in this run)\n",
+                        static_cast<long long>(step), std::isfinite(loss) ? "gradient" : "loss",
+                        static_cast<long long>(bad_in_a_row), static_cast<long long>(skipped));
+            if (bad_in_a_row >= max_bad_steps) {
+                metrics << row.dump() << "\n";
+                metrics.flush();
+                throw CliError(format("training stopped at step %lld: %lld steps in a row had a non-finite loss or "
+                                      "gradient (each was skipped; the weights and the last checkpoint are finite)",
+                                      static_cast<long long>(step), static_cast<long long>(bad_in_a_row)),
+                               "resume from the last checkpoint with a lower --lr (or raise --max-bad-steps)");
+            }
+        } else {
+            bad_in_a_row = 0;
+        }
         // The last step of the whole run is measured by the final report instead.
         if (step % settings.eval_every == 0 && step != settings.steps && data.val_batcher) {
             progress.newline();
