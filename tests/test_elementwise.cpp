@@ -4,10 +4,12 @@
 #include <catch2/catch.hpp>
 
 #include <seemoe/ops/elementwise.hpp>
+#include <seemoe/ops/reduce.hpp>
 
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -418,4 +420,40 @@ TEST_CASE("bad shapes raise errors naming the op and the shapes", "[ops]") {
 
     // An undefined tensor is reported, not dereferenced.
     CHECK_THROWS_AS(exp(Tensord()), Error);
+}
+
+TEST_CASE("ops whose backward reads only dL/dy free their output while the graph lives", "[ops]") {
+    Rng rng(31);
+    Tensord x = grad_input({3, 4}, rng);
+    // x + s, x - s, s - x, x * s, x / s and -x keep nothing: once no handle reaches their output,
+    // its values go, yet backward still gives the right gradient.
+    std::vector<std::function<Tensord(const Tensord&)>> ops = {
+        [](const Tensord& a) { return add(a, 2.0); }, [](const Tensord& a) { return sub(a, 2.0); },
+        [](const Tensord& a) { return sub(2.0, a); }, [](const Tensord& a) { return mul(a, 3.0); },
+        [](const Tensord& a) { return div(a, 4.0); }, [](const Tensord& a) { return neg(a); }};
+    const std::vector<double> slope = {1, 1, -1, 3, 0.25, -1};
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+        x.zero_grad();
+        std::weak_ptr<Storage<double>> values;
+        Tensord loss;
+        {
+            Tensord y = ops[i](x);
+            values = y.storage();
+            loss = sum(mul(y, 2.0));
+        }
+        CHECK(values.expired());
+        loss.backward();
+        for (Index k = 0; k < x.numel(); ++k) CHECK(x.grad().data()[k] == Approx(2.0 * slope[i]));
+    }
+    // exp reads its output in backward, so the output stays while the graph lives.
+    std::weak_ptr<Storage<double>> kept;
+    Tensord loss;
+    {
+        Tensord y = exp(x);
+        kept = y.storage();
+        loss = sum(mul(y, 2.0));
+    }
+    CHECK(!kept.expired());
+    loss.backward();
+    CHECK(kept.expired());
 }

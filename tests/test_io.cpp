@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
+
 using seemoe::Error;
 using seemoe::Index;
 using seemoe::Rng;
@@ -26,22 +28,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh directory per test case (mkdir is atomic, so parallel test processes never share one),
-// removed with everything in it at the end of the test.
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        const fs::path base = fs::temp_directory_path();
-        for (int n = 0;; ++n) {
-            path = base / ("seemoe_test_io_" + std::to_string(n));
-            if (fs::create_directory(path)) break;
-        }
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        fs::remove_all(path, ignored);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
+// A scratch folder per test case, named after this file.
+struct TempDir : seemoe::testing::TempDir {
+    TempDir() : seemoe::testing::TempDir("seemoe_test_io_") {}
 };
 
 // Bytes from a string literal that may contain '\0' (sizeof includes the literal's final NUL).

@@ -8,8 +8,8 @@
 // then prints one JSON object (--json) or a table: step times, tokens/s, model FLOP/s, the share
 // of the machine's FP32 FMA peak that is, caption latency, peak RSS.
 //
-// Convention: every number is comparable with /work/shared/bench/torch_anchor.py (the PyTorch
-// anchor of the same model family) run on the same machine: the same size flags (--batch,
+// Convention: every number is comparable with bench/torch_anchor.py (the PyTorch anchor of the
+// same model family, in this repository) run on the same machine: the same size flags (--batch,
 // --text-len, --img, ...), the same FLOP count (the anchor's forward_flops() formula, matrix
 // products only, times 3 for forward + backward), medians over the timed steps. Compare ratios
 // measured side by side; absolute times on a shared machine drift. The formula counts work

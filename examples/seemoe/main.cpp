@@ -16,14 +16,10 @@
 #include <filesystem>
 #include <string>
 
+#include "bench.hpp"
 #include "caption.hpp"
 #include "eval.hpp"
 #include "train.hpp"
-
-#if __has_include("bench.hpp")
-#include "bench.hpp"
-#define SEEMOE_CLI_HAS_BENCH 1
-#endif
 
 namespace {
 
@@ -59,14 +55,7 @@ int dispatch(int argc, char** argv) {
     if (command == "train") return cli::run_train(argc, argv);
     if (command == "caption") return cli::run_caption(argc, argv);
     if (command == "eval") return cli::run_eval(argc, argv);
-    if (command == "bench") {
-#ifdef SEEMOE_CLI_HAS_BENCH
-        return run_bench(argc, argv);
-#else
-        std::fprintf(stderr, "bench: not built\n");
-        return 2;
-#endif
-    }
+    if (command == "bench") return run_bench(argc, argv);
     throw cli::CliError("unknown command '" + command + "'", "use train, caption, eval or bench (see 'seemoe --help')");
 }
 

@@ -14,6 +14,9 @@
 // Leaves (tensors you made, with requires_grad) keep their .grad and accumulate across
 // backward calls until zero_grad(), as in PyTorch; intermediate grads are freed once used.
 // NoGradGuard switches graph building off for evaluation and generation.
+//
+// Writing an op: docs/writing-an-op.md lists the rules a closure follows (what it may read, the
+// backward_reads_value flag, buffer reuse, threads, tests), with softmax as the worked example.
 #pragma once
 
 #include <algorithm>

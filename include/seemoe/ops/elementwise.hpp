@@ -334,16 +334,17 @@ Tensor<T> binary_op(const Tensor<T>& a, const Tensor<T>& b) {
 
 // ---- unary ----------------------------------------------------------------------------------
 
-// What a unary op's backward reads besides dL/dy: the input x, or the output y (free: the node
-// keeps its own values, so nothing extra stays alive).
-enum class UnaryKeeps { Input, Output };
+// What a unary op's backward reads besides dL/dy: the input x, the output y (free: the node
+// keeps its own values, so nothing extra stays alive), or nothing at all (x + s, x * s, -x): then
+// the output's values can be freed as soon as no handle reaches them, while the graph lives.
+enum class UnaryKeeps { Input, Output, Nothing };
 
 // The skeleton of every pointwise op: forward(y, x) fills the output map y from the input map x;
 // grad(dx, dy, saved) adds dL/dx into the map dx given dL/dy, where `saved` is x or y as `keeps`
-// says (a functor taking a fourth argument, `assign`, is told when it may write dx instead).
-// Both work on whole-buffer Eigen array maps. (Eigen vectorises arithmetic, exp, log, tanh,
-// erf, ... but not comparisons or select(), which run one scalar at a time; ops that branch per
-// element do so in plain loops the compiler can vectorise.)
+// says (with Nothing it is dy again, and unused); a functor taking a fourth argument, `assign`, is
+// told when it may write dx instead. Both work on whole-buffer Eigen array maps. (Eigen
+// vectorises arithmetic, exp, log, tanh, erf, ... but not comparisons or select(), which run one
+// scalar at a time; ops that branch per element do so in plain loops the compiler can vectorise.)
 template <typename T, typename Forward, typename Grad>
 Tensor<T> elementwise_unary(const Tensor<T>& a, const char* name, UnaryKeeps keeps, Forward forward,
                             Grad grad) {
@@ -353,10 +354,11 @@ Tensor<T> elementwise_unary(const Tensor<T>& a, const char* name, UnaryKeeps kee
     forward(y, ConstElemArray<T>(a.data(), n));
     std::shared_ptr<Storage<T>> input = keeps == UnaryKeeps::Input ? a.storage() : nullptr;
     out.node()->backward_reads_value = keeps == UnaryKeeps::Output;
-    set_backward(out, [a_node = grad_target(a), input = std::move(input), grad](Node<T>& self) {
+    const bool reads_output = keeps == UnaryKeeps::Output;
+    set_backward(out, [a_node = grad_target(a), input = std::move(input), reads_output, grad](Node<T>& self) {
         if (!a_node) return;
         const Index count = self.numel();
-        const T* saved = input ? input->data() : self.value->data();
+        const T* saved = input ? input->data() : reads_output ? self.value->data() : self.grad->data();
         const ConstElemArray<T> dy(self.grad->data(), count), kept(saved, count);
         if constexpr (std::is_invocable_v<Grad&, ElemArray<T>&, const ConstElemArray<T>&,
                                           const ConstElemArray<T>&, bool>) {
@@ -398,7 +400,7 @@ Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
 template <typename T>
 Tensor<T> add(const Tensor<T>& a, detail::ScalarOf<T> s) {
     return detail::elementwise_unary(
-        a, "add", detail::UnaryKeeps::Output, [s](auto& y, const auto& x) { y = x + s; },
+        a, "add", detail::UnaryKeeps::Nothing, [s](auto& y, const auto& x) { y = x + s; },
         [](auto& dx, const auto& dy, const auto&) { dx += dy; });
 }
 template <typename T>
@@ -408,19 +410,19 @@ Tensor<T> add(detail::ScalarOf<T> s, const Tensor<T>& a) {
 template <typename T>
 Tensor<T> sub(const Tensor<T>& a, detail::ScalarOf<T> s) {
     return detail::elementwise_unary(
-        a, "sub", detail::UnaryKeeps::Output, [s](auto& y, const auto& x) { y = x - s; },
+        a, "sub", detail::UnaryKeeps::Nothing, [s](auto& y, const auto& x) { y = x - s; },
         [](auto& dx, const auto& dy, const auto&) { dx += dy; });
 }
 template <typename T>
 Tensor<T> sub(detail::ScalarOf<T> s, const Tensor<T>& a) {
     return detail::elementwise_unary(
-        a, "sub", detail::UnaryKeeps::Output, [s](auto& y, const auto& x) { y = s - x; },
+        a, "sub", detail::UnaryKeeps::Nothing, [s](auto& y, const auto& x) { y = s - x; },
         [](auto& dx, const auto& dy, const auto&) { dx -= dy; });
 }
 template <typename T>
 Tensor<T> mul(const Tensor<T>& a, detail::ScalarOf<T> s) {
     return detail::elementwise_unary(
-        a, "mul", detail::UnaryKeeps::Output, [s](auto& y, const auto& x) { y = x * s; },
+        a, "mul", detail::UnaryKeeps::Nothing, [s](auto& y, const auto& x) { y = x * s; },
         [s](auto& dx, const auto& dy, const auto&) { dx += dy * s; });
 }
 template <typename T>
@@ -430,7 +432,7 @@ Tensor<T> mul(detail::ScalarOf<T> s, const Tensor<T>& a) {
 template <typename T>
 Tensor<T> div(const Tensor<T>& a, detail::ScalarOf<T> s) {
     return detail::elementwise_unary(
-        a, "div", detail::UnaryKeeps::Output, [s](auto& y, const auto& x) { y = x / s; },
+        a, "div", detail::UnaryKeeps::Nothing, [s](auto& y, const auto& x) { y = x / s; },
         [s](auto& dx, const auto& dy, const auto&) { dx += dy / s; });
 }
 // s / x; d/dx = -s / x^2.
@@ -474,7 +476,7 @@ Tensor<T> operator/(detail::ScalarOf<T> s, const Tensor<T>& a) { return div(s, a
 template <typename T>
 Tensor<T> neg(const Tensor<T>& a) {
     return detail::elementwise_unary(
-        a, "neg", detail::UnaryKeeps::Output, [](auto& y, const auto& x) { y = -x; },
+        a, "neg", detail::UnaryKeeps::Nothing, [](auto& y, const auto& x) { y = -x; },
         [](auto& dx, const auto& dy, const auto&) { dx -= dy; });
 }
 template <typename T>

@@ -1,8 +1,11 @@
 // seemoe/ops/matmul.hpp — matrix products: matmul (plain and batched) and linear (x W^T + b).
 //
-// Every product is one Eigen GEMM on maps over the tensors' own buffers, written with
-// `.noalias()` so Eigen builds no temporary. A transposed operand is `.transpose()` of its map:
-// Eigen's GEMM reads a transposed row-major matrix as a column-major one, so nothing is copied.
+// Every product goes through detail::gemm, straight on the tensors' own buffers: a transposed
+// operand is read in its stored layout, so nothing is copied. gemm cuts a big product into one
+// block of the result per thread (seemoe's pool, core/parallel.hpp; Eigen's own threading stays
+// off) and computes each block with the AVX-512 float kernel of gemm_kernel.hpp when the build
+// targets it, or with an Eigen product (`.noalias()`, no temporary) for double and other CPUs.
+// A product of a few rows (one token in generation) runs as one matrix-vector product per row.
 // Backward is two more GEMMs per product, accumulated straight into the parents' grads.
 //
 // Convention: transpose_a / transpose_b mean the LAST TWO axes of that operand are stored the
@@ -29,9 +32,9 @@
 namespace seemoe {
 namespace detail {
 
-// Multiply-adds per GEMM below which Eigen would run it on one thread anyway (it splits only
-// products of roughly 1e5 multiply-adds or more), so a batch of them is better spread over the
-// threads one whole GEMM each. Above it, Eigen threads each GEMM itself.
+// Multiply-adds per GEMM below which a batch of GEMMs is spread over the threads one whole GEMM
+// per task; bigger ones run one after the other, each split by gemm() once it has
+// kGemmWorkPerThread per thread.
 inline constexpr Index kSmallGemmWork = Index(1) << 17;
 // Multiply-adds of a whole batch below which starting threads costs more than it saves.
 inline constexpr Index kParallelBatchWork = Index(1) << 15;
@@ -156,7 +159,7 @@ void gemm(T* dst, const GemmOperand<T>& lhs, const GemmOperand<T>& rhs, bool acc
 }
 
 // Runs body(i) for each of `batch` independent GEMMs: small ones spread over the threads when
-// there are enough of them, large ones one after the other so that Eigen threads each (never
+// there are enough of them, large ones one after the other so that gemm() splits each (never
 // both: no nested regions).
 template <typename Body>
 void for_each_gemm(Index batch, Index work_per_gemm, Body&& body) {
