@@ -16,6 +16,8 @@
 #include <seemoe/nn/checkpoint.hpp>
 #include <seemoe/nn/vlm.hpp>
 
+#include "temp_dir.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -31,21 +33,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        const fs::path base = fs::temp_directory_path();
-        for (int n = 0;; ++n) {
-            path = base / ("seemoe_test_reliability_" + std::to_string(n));
-            if (fs::create_directory(path)) break;
-        }
-        path = fs::canonical(path);
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        fs::remove_all(path, ignored);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
+// Canonical, so the paths in the data-set checks compare as the library resolves them.
+struct TempDir : seemoe::testing::TempDir {
+    TempDir() : seemoe::testing::TempDir("seemoe_test_reliability_") { path = fs::canonical(path); }
 };
 
 void write_bytes(const std::string& path, const std::string& bytes) {
