@@ -110,6 +110,18 @@ inline std::string model_file(const std::string& path) {
     return path;
 }
 
+// The "format" entry of the model checkpoint at `path` ("" if it has none or cannot be read: the
+// loader then reports what is wrong).
+inline std::string checkpoint_format(const std::string& path) {
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) return "";
+    try {
+        return seemoe::nn::model_format(seemoe::io::load_safetensors<float>(path).metadata);
+    } catch (const seemoe::Error&) {
+        return "";
+    }
+}
+
 // The model, vocabulary and step of a checkpoint (nn/checkpoint.hpp checks they agree).
 inline Checkpoint load_checkpoint(const std::string& given) {
     Checkpoint ck;
@@ -118,7 +130,15 @@ inline Checkpoint load_checkpoint(const std::string& given) {
                              "runs/demo)";
     std::error_code ec;
     if (!fs::exists(ck.path, ec)) throw CliError("checkpoint " + ck.path + " does not exist", hint);
-    seemoe::nn::LoadedModel loaded = with_hint(hint, [&] { return seemoe::nn::load_model(ck.path); });
+    seemoe::nn::LoadedModel loaded;
+    try {
+        loaded = seemoe::nn::load_model(ck.path);
+    } catch (const seemoe::Error& e) {
+        if (checkpoint_format(ck.path) == seemoe::nn::kTextModelFormat)
+            throw CliError(e.what(), "it continues text: run 'seemoe generate --model " + given +
+                                         "' (or 'seemoe eval --model " + given + "') instead");
+        throw CliError(e.what(), hint);
+    }
     ck.model = std::move(loaded.model);
     ck.tokenizer = std::move(loaded.tokenizer);
     ck.step = loaded.step;

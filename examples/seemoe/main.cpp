@@ -1,9 +1,11 @@
-// examples/seemoe/main.cpp — the `seemoe` program: train, caption, eval and bench subcommands.
+// examples/seemoe/main.cpp — the `seemoe` program: train, caption, generate, eval and bench.
 //
-//   seemoe train   [--data DIR] [--out DIR] [--preset tiny|demo|seemore] ...   (train.hpp)
-//   seemoe caption --model PATH IMAGE...                                        (caption.hpp)
-//   seemoe eval    --model PATH [--data DIR] [--split val|test]                 (eval.hpp)
-//   seemoe bench   ...                                                          (bench.hpp)
+//   seemoe train    [--data DIR] [--out DIR] [--preset tiny|demo|seemore] ...  (train.hpp)
+//   seemoe train    --text FILE [--preset makemoe] ...                         (train_text.hpp)
+//   seemoe caption  --model PATH IMAGE...                                       (caption.hpp)
+//   seemoe generate --model PATH [--prompt TEXT] [--tokens N] ...               (generate.hpp)
+//   seemoe eval     --model PATH [--data DIR] [--split val|test] [--text FILE]  (eval.hpp)
+//   seemoe bench    ...                                                         (bench.hpp)
 //
 // Everything here is a user of the public library headers; read train.hpp for a complete training
 // loop. Errors the user can act on end the program with ONE line on stderr,
@@ -19,22 +21,29 @@
 #include "bench.hpp"
 #include "caption.hpp"
 #include "eval.hpp"
+#include "generate.hpp"
 #include "train.hpp"
+#include "train_text.hpp"
 
 namespace {
 
 const char* kUsage =
     "usage: seemoe <command> [flags]\n\n"
-    "A small mixture-of-experts vision-language model that learns to caption images.\n\n"
+    "A small mixture-of-experts vision-language model that learns to caption images, or (with\n"
+    "--text) a text-only character language model like makeMoE's.\n\n"
     "commands:\n"
-    "  train     train a model on a data set folder (captions.csv + images)\n"
+    "  train     train a model on a data set folder (captions.csv + images), or on a text file (--text)\n"
     "  caption   caption image files with a trained model\n"
+    "  generate  continue text with a trained text model\n"
     "  eval      measure a trained model on the val or test split\n"
     "  bench     time the model's training step and generation\n\n"
     "Run 'seemoe <command> --help' for its flags. Quick start, from the source tree:\n"
     "  seemoe train                              # preset demo on data/shapes -> runs/demo\n"
     "  seemoe caption --model runs/demo data/shapes/test/00000.png\n"
-    "  seemoe eval --model runs/demo --split test\n";
+    "  seemoe eval --model runs/demo --split test\n"
+    "Text only (makeMoE):\n"
+    "  seemoe train --text tinyshakespeare.txt   # preset makemoe -> runs/makemoe\n"
+    "  seemoe generate --model runs/makemoe --prompt 'ROMEO:'\n";
 
 int report(const std::string& message, const std::string& hint) {
     std::fflush(stdout);
@@ -54,9 +63,10 @@ int dispatch(int argc, char** argv) {
     }
     if (command == "train") return cli::run_train(argc, argv);
     if (command == "caption") return cli::run_caption(argc, argv);
+    if (command == "generate") return cli::run_generate(argc, argv);
     if (command == "eval") return cli::run_eval(argc, argv);
     if (command == "bench") return run_bench(argc, argv);
-    throw cli::CliError("unknown command '" + command + "'", "use train, caption, eval or bench (see 'seemoe --help')");
+    throw cli::CliError("unknown command '" + command + "'", "use train, caption, generate, eval or bench (see 'seemoe --help')");
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 //   * --out receives model.safetensors (weights, config and vocabulary: all that `caption` and
 //     `eval` need), training_state.safetensors (AdamW moments, step, Rng, the run's settings) and
 //     metrics.jsonl (one JSON object per step; tokens_per_s counts caption tokens, the targets).
+// `train --text FILE` trains a text-only character model instead, with the same settings, files,
+// progress and --resume: its loop is run_text_train in train_text.hpp.
 #pragma once
 
 #include <algorithm>
@@ -30,6 +32,7 @@
 
 #include "evaluation.hpp"
 #include "presets.hpp"
+#include "text.hpp"
 
 namespace cli {
 
@@ -39,12 +42,20 @@ using seemoe::io::Json;
 // continue with them.
 struct TrainSettings {
     std::string data = kDefaultData;
+    std::string text;  // a text run's file; empty for image runs
     std::string preset = "demo";
     Index steps = 0, batch = 0, warmup = 0;
     double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.01, grad_clip = 1.0;
     std::uint64_t seed = 1337;
-    Index eval_every = 0, eval_samples = 200, save_every = 0, log_every = 0;
+    Index eval_every = 0, eval_samples = 200, eval_batches = 200, save_every = 0, log_every = 0;
+
+    bool is_text() const { return !text.empty(); }
 };
+
+// The settings that mean something only for image runs, or only for text runs: the others are
+// refused as flags and left out of the run table.
+inline bool image_only_setting(const std::string& name) { return name == "data" || name == "eval_samples"; }
+inline bool text_only_setting(const std::string& name) { return name == "text" || name == "eval_batches"; }
 
 // The flag that sets a setting, and the range its value must be in.
 struct SettingFlag {
@@ -60,8 +71,11 @@ void for_each_setting(Settings& s, Fn&& fn) {
     static const SettingFlag data{{"--data", "DIR",
                                    "data set folder with captions.csv (default: data/shapes, relative to the "
                                    "current directory)"}};
+    static const SettingFlag text{{"--text", "FILE",
+                                   "train a text-only character model on FILE (UTF-8) instead: see README "
+                                   "'Text only (makeMoE)'"}};
     static const SettingFlag steps{{"--steps", "N", "total optimisation steps"}, 1};
-    static const SettingFlag batch{{"--batch", "N", "images per step"}, 1};
+    static const SettingFlag batch{{"--batch", "N", "images (text: windows) per step"}, 1};
     static const SettingFlag warmup{{"--warmup", "N", "linear warmup steps before the cosine decay"}, 0};
     static const SettingFlag lr{{"--lr", "X", "peak learning rate (AdamW, weight decay 0.01)"}, 0, 10};
     static const SettingFlag seed{{"--seed", "N", "seed of every random number (default 1337)"}};
@@ -69,11 +83,14 @@ void for_each_setting(Settings& s, Fn&& fn) {
         {"--eval-every", "N", "validate every N steps (val loss, exact match, sample captions)"}, 1};
     static const SettingFlag eval_samples{
         {"--eval-samples", "N", "val images captioned for the periodic exact match (default 200)"}, 1};
+    static const SettingFlag eval_batches{
+        {"--eval-batches", "N", "text: val batches of --batch windows in the periodic val loss (default 200)"}, 1};
     static const SettingFlag save_every{
         {"--save-every", "N", "checkpoint every N steps (default: like --eval-every); always at the end"}, 1};
     static const SettingFlag log_every{
         {"--log-every", "N", "progress line every N steps when stdout is not a terminal"}, 1};
     fn("data", s.data, &data);
+    fn("text", s.text, &text);
     fn("preset", s.preset, nullptr);  // chosen by --preset, which also picks the defaults
     fn("steps", s.steps, &steps);
     fn("batch", s.batch, &batch);
@@ -85,6 +102,7 @@ void for_each_setting(Settings& s, Fn&& fn) {
     fn("seed", s.seed, &seed);
     fn("eval_every", s.eval_every, &eval_every);
     fn("eval_samples", s.eval_samples, &eval_samples);
+    fn("eval_batches", s.eval_batches, &eval_batches);
     fn("save_every", s.save_every, &save_every);
     fn("log_every", s.log_every, &log_every);
 }
@@ -131,6 +149,7 @@ inline std::string settings_problem(const TrainSettings& s) {
 inline TrainSettings settings_from_json(const Json& j) {
     TrainSettings s;
     for_each_setting(s, [&](const char* name, auto& field, const SettingFlag*) {
+        if (text_only_setting(name) && !j.contains(name)) return;  // saved before text runs existed
         try {
             const Json& value = j.at(name);
             using Field = std::decay_t<decltype(field)>;
@@ -147,11 +166,17 @@ inline TrainSettings settings_from_json(const Json& j) {
     return s;
 }
 
-// Flags given on the command line win over the preset (or, when resuming, the stored run).
+// Flags given on the command line win over the preset (or, when resuming, the stored run). A
+// flag of the other kind of run (--eval-samples for text, --eval-batches for images) is refused.
 inline void apply_setting_flags(const Args& args, TrainSettings& s) {
-    for_each_setting(s, [&](const char*, auto& field, const SettingFlag* flag) {
+    const bool text_run = s.is_text() || args.has("--text");
+    for_each_setting(s, [&](const char* setting, auto& field, const SettingFlag* flag) {
         if (!flag) return;
         const std::string name = flag->spec.name;
+        if (args.has(name) && (text_run ? image_only_setting(setting) : text_only_setting(setting)))
+            throw CliError(name + (text_run ? " applies to image runs, not to a text run (--text)"
+                                            : " applies to text runs (--text FILE) only"),
+                           "drop " + name);
         using Field = std::decay_t<decltype(field)>;
         if constexpr (std::is_same_v<Field, std::string>) field = args.get(name, field);
         else if constexpr (std::is_same_v<Field, std::uint64_t>) field = args.get_seed(name, field);
@@ -161,10 +186,12 @@ inline void apply_setting_flags(const Args& args, TrainSettings& s) {
     s.warmup = std::min(s.warmup, s.steps);
 }
 
-// The settings as run-table rows, "name  value", straight from the field list.
+// The settings as run-table rows, "name  value", straight from the field list (those of this
+// kind of run).
 inline std::vector<std::pair<std::string, std::string>> describe_settings(const TrainSettings& s) {
     std::vector<std::pair<std::string, std::string>> rows;
     for_each_setting(s, [&](const char* name, const auto& field, const SettingFlag*) {
+        if (s.is_text() ? image_only_setting(name) : text_only_setting(name)) return;
         using Field = std::decay_t<decltype(field)>;
         if constexpr (std::is_same_v<Field, std::string>) rows.push_back({name, field});
         else if constexpr (std::is_same_v<Field, double>) rows.push_back({name, format("%g", field)});
@@ -176,7 +203,7 @@ inline std::vector<std::pair<std::string, std::string>> describe_settings(const 
 inline std::vector<FlagSpec> run_flags() {
     std::vector<FlagSpec> flags = {
         {"--out", "DIR", "where checkpoints and metrics.jsonl go (default: runs/<preset>)"},
-        {"--preset", "NAME", "tiny | demo | seemore (default: demo)"},
+        {"--preset", "NAME", "tiny | demo | seemore (default: demo); makemoe for --text (its default)"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores); 1 gives bit-identical reruns"},
         {"--resume", nullptr, "continue the run in --out (its settings; flags given here override them)"},
         {"--force", nullptr, "start afresh even if --out already holds a run (its files are replaced)"},
@@ -200,26 +227,34 @@ inline std::vector<FlagSpec> train_flags() {
 }
 
 inline std::string train_usage() {
-    return "usage: seemoe train [--data DIR] [--out DIR] [--preset tiny|demo|seemore] [--steps N] [--batch N]\n"
+    return "usage: seemoe train [--data DIR | --text FILE] [--out DIR] [--preset NAME] [--steps N] [--batch N]\n"
            "                    [--lr X] [--seed N] [--threads N] [--resume] [model size flags]\n"
            "                    [--eval-every N] [--save-every N] [--log-every N]\n\n"
            "Trains the vision MoE language model to caption the images of a data set: a folder with\n"
            "captions.csv (columns image, caption, split = train|val|test) and the images it names.\n"
            "--data defaults to data/shapes RELATIVE TO THE CURRENT DIRECTORY (run from the source\n"
            "tree, or pass the path). The preset sets every number; flags override single ones.\n\n"
+           "With --text FILE it trains a text-only character language model on a UTF-8 text file\n"
+           "instead (makeMoE's model with the makemoe preset): the first 90% of the characters train,\n"
+           "the last 10% validate; every --eval-every steps the val loss is the mean over --eval-batches\n"
+           "batches of random val windows (the same windows each time); the final report scores the\n"
+           "whole val part. 'seemoe generate' then continues text with it.\n\n"
            "presets:\n"
            "  tiny      seconds; for tests (image 32, patch 8, ViT 32 x 1, decoder 32 x 2, 4 experts)\n"
            "  demo      the default (image 24, patch 4, ViT 96 x 2, decoder 64 x 3, 8 experts top-2,\n"
            "            6000 steps of 32, lr 5e-4): 98% exact on val in 5m25s on a 2-core AVX-512 VM,\n"
            "            11m41s on a 2-core Intel Xeon (Cascade Lake) VM\n"
-           "  seemore   the original seeMoE sizes (image 96, patch 16, ViT 512 x 3, decoder 128 x 8)\n\n"
+           "  seemore   the original seeMoE sizes (image 96, patch 16, ViT 512 x 3, decoder 128 x 8)\n"
+           "  makemoe   text only, the default with --text FILE: makeMoE's character model (decoder\n"
+           "            128 x 8, 8 heads, 8 experts top-2, 32 positions, dropout 0.1; 5000 steps of 16\n"
+           "            windows, lr 1e-3)\n\n"
            "flags:\n" +
            flag_help(run_flags()) + "\nmodel size flags (override the preset; fixed when resuming):\n" +
            flag_help(model_flags()) +
            "\nWrites DIR/model.safetensors (weights, config, vocabulary), DIR/training_state.safetensors\n"
            "(AdamW moments, step, rng, settings) and DIR/metrics.jsonl (one JSON object per step: step,\n"
-           "loss, lr, tokens_per_s = caption tokens per second, and val figures when measured; then a\n"
-           "final line with the val and test figures).\n";
+           "loss, lr, tokens_per_s = caption tokens (text: characters) per second, and val figures when\n"
+           "measured; then a final line with the val and test figures).\n";
 }
 
 struct RunFiles {
@@ -308,15 +343,18 @@ private:
 };
 
 // Everything a run has before its first step: fresh from the preset and flags, or restored.
-struct RunState {
+// ModelType: the vision-language Model, or a TextModel for text runs.
+template <typename ModelType>
+struct BasicRunState {
     TrainSettings settings;
-    Model model;
+    ModelType model;
     std::unique_ptr<seemoe::AdamW<float>> optimizer;
     Rng rng{0};               // dropout and router noise; saved with the checkpoint
     Index start_step = 0;     // steps already taken
     CharTokenizer tokenizer;  // the checkpoint's vocabulary (resume only)
     bool resumed = false;
 };
+using RunState = BasicRunState<Model>;
 
 // The settings of a new run, after checking that --out does not hold one already.
 inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& files) {
@@ -342,17 +380,19 @@ inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& 
     return run;
 }
 
-// Model, optimiser, Rng, step and settings from the checkpoint in --out; flags override settings.
-inline RunState restore_run(const Args& args, const RunFiles& files) {
+// Model, optimiser, Rng, step and settings from the checkpoint in --out, read by
+// load_checkpoint(path) (load_checkpoint or load_text_checkpoint); flags override settings.
+template <typename ModelType, typename LoadCheckpoint>
+BasicRunState<ModelType> restore_checkpoint(const Args& args, const RunFiles& files, LoadCheckpoint&& load_checkpoint) {
     const std::string hint = "resume needs model.safetensors and training_state.safetensors from an earlier "
                              "'seemoe train --out " +
                              files.out.string() + "'; start without --resume to train afresh";
     std::error_code ec;
     if (!fs::exists(files.model, ec) || !fs::exists(files.state, ec))
         throw CliError("no checkpoint to resume in " + files.out.string(), hint);
-    RunState run;
+    BasicRunState<ModelType> run;
     run.resumed = true;
-    Checkpoint ck;
+    decltype(load_checkpoint(files.model.string())) ck;
     try {
         ck = load_checkpoint(files.model.string());
     } catch (const CliError& e) {
@@ -377,6 +417,11 @@ inline RunState restore_run(const Args& args, const RunFiles& files) {
                                           [&] { return settings_from_json(Json::parse(train_json->second)); });
     });
     apply_setting_flags(args, run.settings);
+    return run;
+}
+
+inline RunState restore_run(const Args& args, const RunFiles& files) {
+    RunState run = restore_checkpoint<Model>(args, files, load_checkpoint);
     // Model flags may restate the checkpoint's sizes but not change them.
     VLMConfig requested = run.model.config;
     apply_model_flags(args, requested);
@@ -487,16 +532,17 @@ struct StepResult {
     bool skipped = false; // the loss or the gradient was not finite: nothing was updated
 };
 
-// One optimisation step, the loop body of llm.c or nanoGPT: forward and loss, backward, clip
-// the global gradient norm, AdamW at the step's learning rate. The numerical guard: if the loss
-// or the gradient norm is not finite, the step is skipped (no update, gradients dropped), so a
-// NaN never reaches the weights, the moments or a checkpoint; the caller counts such steps.
-inline StepResult train_step(Model& model, seemoe::AdamW<float>& optimizer, const std::vector<Tensor<float>>& params,
-                             const seemoe::data::Batch& batch, double lr, double grad_clip, Rng& rng,
-                             bool inject_nan = false) {
+// One optimisation step, the loop body of llm.c or nanoGPT: forward and loss (compute_loss(),
+// the model's loss on this step's batch), backward, clip the global gradient norm, AdamW at the
+// step's learning rate. Image and text runs share it. The numerical guard: if the loss or the
+// gradient norm is not finite, the step is skipped (no update, gradients dropped), so a NaN never
+// reaches the weights, the moments or a checkpoint; NumericalGuard counts such steps.
+template <typename ComputeLoss>
+StepResult train_step(ComputeLoss&& compute_loss, seemoe::AdamW<float>& optimizer,
+                      const std::vector<Tensor<float>>& params, double lr, double grad_clip, bool inject_nan = false) {
     optimizer.set_lr(lr);
     optimizer.zero_grad();
-    Tensor<float> loss = model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng);  // ()
+    Tensor<float> loss = compute_loss();  // ()
     StepResult result;
     result.loss = loss.item();
     if (!std::isfinite(result.loss)) {
@@ -515,6 +561,44 @@ inline StepResult train_step(Model& model, seemoe::AdamW<float>& optimizer, cons
     optimizer.step();
     return result;
 }
+
+// Counts the steps train_step skipped; after `max_in_a_row` in a row (--max-bad-steps) the run
+// stops with a message (the weights and the last checkpoint are still finite). Also knows the
+// steps SEEMOE_INJECT_NAN poisons.
+class NumericalGuard {
+public:
+    explicit NumericalGuard(Index max_in_a_row) : max_in_a_row_(max_in_a_row), inject_(injected_nan_steps()) {}
+
+    bool poison(Index step) const { return std::find(inject_.begin(), inject_.end(), step) != inject_.end(); }
+
+    // Marks a skipped step in its metrics row and prints it; throws CliError (after writing the
+    // row to `metrics`) when too many came in a row.
+    void record(Index step, const StepResult& result, Json& row, Progress& progress, std::ofstream& metrics) {
+        if (!result.skipped) {
+            in_a_row_ = 0;
+            return;
+        }
+        ++in_a_row_;
+        ++total_;
+        row["skipped"] = true;
+        progress.newline();
+        std::printf("step %lld skipped: non-finite %s (%lld in a row, %lld in this run)\n", static_cast<long long>(step),
+                    std::isfinite(result.loss) ? "gradient" : "loss", static_cast<long long>(in_a_row_),
+                    static_cast<long long>(total_));
+        if (in_a_row_ < max_in_a_row_) return;
+        metrics << row.dump() << "\n";
+        metrics.flush();
+        throw CliError(format("training stopped at step %lld: %lld steps in a row had a non-finite loss or gradient "
+                              "(each was skipped; the weights and the last checkpoint are finite)",
+                              static_cast<long long>(step), static_cast<long long>(in_a_row_)),
+                       "resume from the last checkpoint with a lower --lr (or raise --max-bad-steps)");
+    }
+
+private:
+    Index max_in_a_row_;
+    std::vector<Index> inject_;
+    Index in_a_row_ = 0, total_ = 0;
+};
 
 // Caption tokens per second for the progress line: a running mean of step time and tokens over
 // the first 20 steps, then an exponential one that follows changes.
@@ -557,6 +641,21 @@ inline void validate(Model& model, const TrainData& data, const std::vector<Inde
     row["val_samples"] = score.samples;
 }
 
+// The run's AdamW with the settings' weight decay, at the run's step.
+template <typename Run>
+void prepare_optimizer(Run& run) {
+    const TrainSettings& settings = run.settings;
+    seemoe::AdamWOptions adamw = run.optimizer->options();
+    if (adamw.weight_decay != settings.weight_decay) {
+        // AdamW's options are fixed at construction: rebuild it around the restored state.
+        auto state = run.optimizer->state();
+        adamw.weight_decay = settings.weight_decay;
+        run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters(), adamw);
+        run.optimizer->state() = state;
+    }
+    run.optimizer->set_step_count(run.start_step);
+}
+
 // The model and optimiser of the run: built from `config` (the preset with the flags applied) and
 // the seed, or restored; checked against the data (vocabulary, positions) before anything is
 // written.
@@ -580,20 +679,13 @@ inline void prepare_model(VLMConfig config, const RunFiles& files, const TrainDa
         run.model = with_hint("pick other model sizes", [&] { return Model(config, run.rng); });
         run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters());
     }
-    seemoe::AdamWOptions adamw = run.optimizer->options();
-    if (adamw.weight_decay != settings.weight_decay) {
-        // AdamW's options are fixed at construction: rebuild it around the restored state.
-        auto state = run.optimizer->state();
-        adamw.weight_decay = settings.weight_decay;
-        run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters(), adamw);
-        run.optimizer->state() = state;
-    }
-    run.optimizer->set_step_count(run.start_step);
+    prepare_optimizer(run);
 }
 
 // A new run starts with empty metrics and no stale checkpoint; a resumed one keeps the metrics
 // of the steps it has.
-inline void prepare_out(const RunFiles& files, const RunState& run) {
+template <typename Run>
+void prepare_out(const RunFiles& files, const Run& run) {
     std::error_code ec;
     fs::create_directories(files.out);
     if (run.resumed) {
@@ -606,6 +698,10 @@ inline void prepare_out(const RunFiles& files, const RunState& run) {
     }
 }
 
+// `seemoe train --text FILE` (and --resume of such a run): the text-only loop, in train_text.hpp.
+inline int run_text_train(const Args& args, const Preset& preset, const RunFiles& files, Index stop_at,
+                          Index max_bad_steps, const Stopwatch& wall);
+
 inline int run_train(int argc, char** argv) {
     Args args("train", train_flags(), argc, argv, 2);
     if (args.help()) {
@@ -615,13 +711,22 @@ inline int run_train(int argc, char** argv) {
     if (!args.positionals().empty())
         throw CliError("unexpected argument '" + args.positionals().front() + "'", "run 'seemoe train --help' for usage");
     Stopwatch wall;
-    const Preset preset = make_preset(args.get_choice("--preset", "demo", preset_names()));
+    const Preset preset = make_preset(args.get_choice("--preset", args.has("--text") ? "makemoe" : "demo", preset_names()));
     const RunFiles files(args.get("--out", "runs/" + preset.name));
     const Index stop_at = args.get_int("--stop-at", 0, 1);
     const Index max_bad_steps = args.get_int("--max-bad-steps", 5, 1);
     if (args.flag("--resume") && args.flag("--force"))
         throw CliError("--resume and --force contradict each other", "pass one of them");
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
+    // A text run: --text FILE, or --resume of a run whose checkpoint holds a text model.
+    const bool text = args.has("--text") || (args.flag("--resume") && is_text_checkpoint(files.model.string()));
+    if (text && !args.flag("--resume") && !preset.text)
+        throw CliError("--preset " + preset.name + " sizes an image model, not a text model",
+                       "drop --preset (text runs use makemoe) or pass --preset makemoe");
+    if (!text && preset.text && !args.flag("--resume"))
+        throw CliError("--preset " + preset.name + " trains a text-only model and needs --text FILE",
+                       "pass --text FILE (e.g. tinyshakespeare.txt; see README 'Text only (makeMoE)')");
+    if (text) return run_text_train(args, preset, files, stop_at, max_bad_steps, wall);
 
     // ---- check everything: settings, checkpoint, data, model; nothing is written yet ----------
     RunState run = args.flag("--resume") ? restore_run(args, files) : new_run(args, preset, files);
@@ -649,16 +754,16 @@ inline int run_train(int argc, char** argv) {
     ThroughputMeter meter;
     model.train();
 
-    const std::vector<Index> inject = injected_nan_steps();
-    Index bad_in_a_row = 0, skipped = 0;
+    NumericalGuard guard(max_bad_steps);
     for (Index step = run.start_step + 1; step <= end_step; ++step) {
         Stopwatch step_clock;
         // Step s (from 0) takes batch s of the (seed, epoch) shuffle, so --resume continues exactly.
         const seemoe::data::Batch batch =
             data.train_batcher->make_batch(data.train_batcher->step_samples(step - 1, settings.seed));
         const double lr = schedule.lr_at(step - 1);
-        const bool poison = std::find(inject.begin(), inject.end(), step) != inject.end();
-        const StepResult result = train_step(model, optimizer, params, batch, lr, settings.grad_clip, run.rng, poison);
+        const StepResult result = train_step(
+            [&] { return model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, run.rng); },
+            optimizer, params, lr, settings.grad_clip, guard.poison(step));
         const float loss = result.loss;
 
         const double dt = step_clock.seconds();
@@ -671,25 +776,7 @@ inline int run_train(int argc, char** argv) {
         row["loss"] = loss;
         row["lr"] = lr;
         row["tokens_per_s"] = static_cast<Index>(std::lround(static_cast<double>(tokens) / std::max(dt, 1e-9)));
-        if (result.skipped) {
-            ++skipped;
-            ++bad_in_a_row;
-            row["skipped"] = true;
-            progress.newline();
-            std::printf("step %lld skipped: non-finite %s (%lld in a row, %lld in this run)\n",
-                        static_cast<long long>(step), std::isfinite(loss) ? "gradient" : "loss",
-                        static_cast<long long>(bad_in_a_row), static_cast<long long>(skipped));
-            if (bad_in_a_row >= max_bad_steps) {
-                metrics << row.dump() << "\n";
-                metrics.flush();
-                throw CliError(format("training stopped at step %lld: %lld steps in a row had a non-finite loss or "
-                                      "gradient (each was skipped; the weights and the last checkpoint are finite)",
-                                      static_cast<long long>(step), static_cast<long long>(bad_in_a_row)),
-                               "resume from the last checkpoint with a lower --lr (or raise --max-bad-steps)");
-            }
-        } else {
-            bad_in_a_row = 0;
-        }
+        guard.record(step, result, row, progress, metrics);
         // The last step of the whole run is measured by the final report instead.
         if (step % settings.eval_every == 0 && step != settings.steps && data.val_batcher) {
             progress.newline();

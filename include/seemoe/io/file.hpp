@@ -6,8 +6,8 @@
 // refused too. read_file takes a byte limit, checked against the size before anything is read.
 //
 // Every file seemoe writes (checkpoints, training state) goes through
-// write_atomically: the bytes go to path + ".tmp", which is renamed over `path` only when it is
-// complete and closed. POSIX rename replaces a file in one step, so a reader (or a run killed
+// write_atomically: the bytes go to path + ".tmp", which is fsync'd and renamed over `path` only
+// when it is complete and closed, and the folder is fsync'd after the rename. POSIX rename replaces a file in one step, so a reader (or a run killed
 // half way) sees the old file or the new one, never a mix. On failure the temp file is removed
 // and seemoe::Error names the file and the reason (errno's text).
 #pragma once
@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <limits>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <ostream>
 #include <string>
@@ -35,6 +36,25 @@ namespace detail {
 inline std::string errno_text() {
     return errno != 0 ? std::string(std::strerror(errno)) : std::string("unknown error");
 }
+
+// fsyncs `path`: a file's bytes, or a folder's entries (a rename inside it), reach the disk.
+inline void sync_path(const std::string& path, const char* op) {
+    errno = 0;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    SEEMOE_CHECK(fd >= 0, op, " cannot open '", path, "' to sync it: ", errno_text());
+    const int rc = ::fsync(fd);
+    const std::string reason = errno_text();
+    ::close(fd);
+    SEEMOE_CHECK(rc == 0, op, " fsync of '", path, "' failed: ", reason);
+}
+
+// The folder holding `path` ("." for a bare name), fsync'd after a rename in it.
+inline void sync_parent(const std::string& path, const char* op) {
+    const std::string parent = std::filesystem::path(path).parent_path().string();
+    sync_path(parent.empty() ? "." : parent, op);
+}
+
+inline void sync_directory(const std::string& dir, const char* op) { sync_path(dir.empty() ? "." : dir, op); }
 
 // Runs write(stream) into path + ".tmp", then renames it over `path`. On any failure the temp
 // file is removed, `path` keeps its old contents, and Error is thrown (prefixed with `op`).
@@ -52,6 +72,7 @@ void write_atomically(const std::string& path, const char* op, WriteFn&& write) 
                          errno_text());
             out.close();
             SEEMOE_CHECK(!out.fail(), op, " closing '", temp, "' failed: ", errno_text());
+            sync_path(temp, op);  // the bytes are on disk before the rename makes them visible
         } catch (...) {
             out.close();
             std::remove(temp.c_str());
@@ -65,6 +86,7 @@ void write_atomically(const std::string& path, const char* op, WriteFn&& write) 
         throw Error(seemoe::detail::concat(op, " cannot rename '", temp, "' to '", path, "': ",
                                            reason));
     }
+    sync_parent(path, op);  // and the rename itself survives a power cut
 }
 
 // "a directory", "a FIFO (named pipe)", ... for the file type bits of st_mode.

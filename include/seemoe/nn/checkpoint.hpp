@@ -4,6 +4,9 @@
 //   model.safetensors           every parameter by its state-dict name (F32), plus __metadata__
 //                               {"format": ..., "config": <VLMConfig as JSON>,
 //                                "vocab": <tokenizer JSON>, "step": "1200", ...}
+//                               A text-only model (MoEDecoderLanguageModel, a character LM) has
+//                               format kTextModelFormat and {"decoder": {...}} as its config; each
+//                               loader refuses the other kind by its format, naming it.
 //   training_state.safetensors  AdamW moments as "exp_avg.<name>" / "exp_avg_sq.<name>", plus
 //                               metadata with the step, the per-parameter step counts and the Rng
 // PyTorch reads the first with safetensors.torch.load_file (names match the PyTorch modules').
@@ -28,8 +31,34 @@
 
 namespace seemoe::nn {
 
-// The "format" metadata entry of a model checkpoint.
+// The "format" metadata entry of a model checkpoint: an image captioner or a text-only model.
 inline constexpr const char* kModelFormat = "seemoe vision MoE language model";
+inline constexpr const char* kTextModelFormat = "seemoe MoE character language model";
+
+// The format a model checkpoint's metadata declares ("" when it has none).
+inline std::string model_format(const std::map<std::string, std::string>& metadata) {
+    const auto it = metadata.find("format");
+    return it == metadata.end() ? std::string() : it->second;
+}
+
+// Refuses a checkpoint whose metadata declares another format than `expected`, naming both.
+inline void check_model_format(const std::map<std::string, std::string>& metadata, const std::string& path,
+                               const char* expected) {
+    const std::string format = model_format(metadata);
+    const bool want_vlm = expected == std::string(kModelFormat);
+    if (format == expected) return;
+    if (format.empty() && want_vlm) return;  // written before the format entry: always a VLM
+    if (format == kModelFormat || format == kTextModelFormat)
+        throw Error(seemoe::detail::concat(
+            "[checkpoint] '", path, "' holds a ",
+            format == kModelFormat ? "vision-language model (it captions images)"
+                                   : "text-only character language model (it continues text)",
+            ", not a ", want_vlm ? "vision-language model" : "text-only model"));
+    SEEMOE_CHECK(!format.empty(), "[checkpoint] '", path, "' has no 'format' in its metadata: an older "
+                 "vision-language checkpoint, or not a seemoe model; expected '", expected, "'");
+    throw Error(seemoe::detail::concat("[checkpoint] '", path, "' has format '", format, "' in its metadata, not '",
+                                       expected, "'"));
+}
 
 // A step count stored as text in the metadata.
 inline Index parse_step(const std::string& text, const std::string& path) {
@@ -161,6 +190,8 @@ inline LoadedModel load_model(const std::string& path) {
                      "' in its metadata: not a seemoe model checkpoint");
         return it->second;
     };
+    // Checkpoints written before the format entry existed are vision-language models.
+    check_model_format(file.metadata, path, kModelFormat);
     LoadedModel out;
     out.config = parse_metadata(path, "metadata 'config'", [&] { return config_from_json(io::Json::parse(meta("config"))); });
     check_config(out.config, "[checkpoint] '" + path + "'");
@@ -170,6 +201,78 @@ inline LoadedModel load_model(const std::string& path) {
     out.step = parse_step(meta("step"), path);
     Rng init_rng(0);  // the initial values are overwritten just below
     out.model = VisionMoELanguageModel<float>(out.config, init_rng);
+    load_parameters(file, out.model);
+    out.metadata = std::move(file.metadata);
+    return out;
+}
+
+// ---- text-only models ---------------------------------------------------------------------------
+
+// {"decoder": {"vocab_size": 68, "n_embd": 128, ...}}, the VLM config's decoder section alone.
+inline io::Json text_config_to_json(const DecoderConfig& c) {
+    io::Json decoder = io::Json::object();
+    for_each_decoder_field(c, [&](const char* name, const auto& field) { decoder[name] = field; });
+    io::Json out = io::Json::object();
+    out["decoder"] = decoder;
+    return out;
+}
+
+inline DecoderConfig text_config_from_json(const io::Json& j) {
+    DecoderConfig c;
+    for_each_decoder_field(c, [&](const char* name, auto& field) {
+        try {
+            const io::Json& value = j.at("decoder").at(name);
+            if constexpr (std::is_same_v<std::decay_t<decltype(field)>, double>)
+                field = value.as_double();
+            else
+                field = value.as_int();
+        } catch (const Error& e) {
+            throw Error(seemoe::detail::concat("field decoder.", name, ": ", e.what()));
+        }
+    });
+    return c;
+}
+
+// Writes a text-only model as save_model does a VLM: parameters, config, vocabulary, step, `extra`.
+inline void save_text_model(const std::string& path, MoEDecoderLanguageModel<float>& model,
+                            const data::CharTokenizer& tokenizer, Index step,
+                            std::map<std::string, std::string> extra = {}) {
+    SEEMOE_CHECK(tokenizer.vocab_size() == model.config.vocab_size, "[checkpoint] the tokenizer has ",
+                 tokenizer.vocab_size(), " tokens but the model's vocab_size is ", model.config.vocab_size);
+    extra["format"] = kTextModelFormat;
+    extra["config"] = text_config_to_json(model.config).dump();
+    extra["vocab"] = tokenizer.to_json();
+    extra["step"] = std::to_string(step);
+    io::save_safetensors(path, model.named_parameters(), extra);
+}
+
+struct LoadedTextModel {
+    DecoderConfig config;
+    MoEDecoderLanguageModel<float> model;
+    data::CharTokenizer tokenizer;
+    Index step = 0;
+    std::map<std::string, std::string> metadata;
+};
+
+inline LoadedTextModel load_text_model(const std::string& path) {
+    io::SafetensorsFile file = io::load_safetensors<float>(path);
+    check_model_format(file.metadata, path, kTextModelFormat);
+    const auto meta = [&](const char* key) -> const std::string& {
+        const auto it = file.metadata.find(key);
+        SEEMOE_CHECK(it != file.metadata.end(), "[checkpoint] '", path, "' has no '", key,
+                     "' in its metadata: not a seemoe text model checkpoint");
+        return it->second;
+    };
+    LoadedTextModel out;
+    out.config =
+        parse_metadata(path, "metadata 'config'", [&] { return text_config_from_json(io::Json::parse(meta("config"))); });
+    check_decoder_config(out.config, "[checkpoint] '" + path + "'", "decoder.");
+    out.tokenizer = parse_metadata(path, "metadata 'vocab'", [&] { return data::CharTokenizer::from_json(meta("vocab")); });
+    SEEMOE_CHECK(out.tokenizer.vocab_size() == out.config.vocab_size, "[checkpoint] '", path, "' has ",
+                 out.tokenizer.vocab_size(), " vocabulary tokens but a model for ", out.config.vocab_size);
+    out.step = parse_step(meta("step"), path);
+    Rng init_rng(0);  // the initial values are overwritten just below
+    out.model = MoEDecoderLanguageModel<float>(out.config, init_rng);
     load_parameters(file, out.model);
     out.metadata = std::move(file.metadata);
     return out;
