@@ -119,6 +119,7 @@ public:
     void reduce_gradients() override {
         if (reducer_) reducer_->average();
     }
+    void barrier() override { comm_.barrier(); }
 
     TeamCommStats comm_stats() const override {
         if (!reducer_) return {};

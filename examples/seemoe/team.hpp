@@ -73,6 +73,8 @@ public:
     virtual TeamLoss reduce_loss(double loss, Index targets) { return {loss, 1.0, targets}; }
     // After backward: every rank's gradients replaced by the team's average.
     virtual void reduce_gradients() {}
+    // Waits until every rank has come here.
+    virtual void barrier() {}
 
     virtual TeamCommStats comm_stats() const { return {}; }
     // Bytes one step hands to the gradient all-reduce (0 alone).
