@@ -12,108 +12,12 @@
 #include <seemoe/nn/checkpoint.hpp>
 #include <seemoe/io/json.hpp>
 
-#include <sys/wait.h>
+#include <cmath>
+#include <cstdio>
 
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
-#include <string>
-#include <vector>
+#include "cli_run.hpp"
 
-namespace {
-
-namespace fs = std::filesystem;
-using seemoe::io::Json;
-
-const std::string kTiny = SEEMOE_SOURCE_DIR "/tests/data/tiny";
-
-struct Run {
-    int code = -1;
-    std::string out, err;
-};
-
-std::string quote(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
-}
-
-std::string read_text(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
-
-// A fresh, empty scratch folder for one test case.
-fs::path scratch(const std::string& name) {
-    const fs::path dir = fs::path(SEEMOE_BINARY_DIR) / "cli_tests" / name;
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir;
-}
-
-// Runs `seemoe <args>` in `dir`; stdout and stderr are captured in files there.
-Run run_cli(const fs::path& dir, const std::string& args) {
-    const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
-    const std::string command =
-        quote(SEEMOE_CLI_PATH) + " " + args + " > " + quote(out.string()) + " 2> " + quote(err.string());
-    const int status = std::system(command.c_str());
-    Run run;
-    run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    run.out = read_text(out);
-    run.err = read_text(err);
-    fs::remove(out);
-    fs::remove(err);
-    return run;
-}
-
-std::string train_tiny(const fs::path& out, const std::string& extra = "") {
-    return "train --preset tiny --data " + quote(kTiny) + " --out " + quote(out.string()) +
-           " --threads 1 --steps 8 --eval-every 4 " + extra;
-}
-
-std::vector<Json> read_metrics(const fs::path& path) {
-    std::vector<Json> rows;
-    std::ifstream in(path);
-    std::string line;
-    while (std::getline(in, line)) rows.push_back(Json::parse(line));
-    return rows;
-}
-
-// The per-step losses of a metrics.jsonl (the final-report line has none).
-std::vector<double> losses(const fs::path& path) {
-    std::vector<double> out;
-    for (const Json& row : read_metrics(path))
-        if (row.contains("loss")) out.push_back(row.at("loss").as_double());
-    return out;
-}
-
-std::size_t count_lines(const std::string& text) {
-    std::size_t n = 0;
-    for (char c : text) n += c == '\n';
-    return n;
-}
-
-// An error run: exit code 2, one line on stderr naming the problem, nothing on stdout.
-void check_error(const Run& run, const std::string& expected) {
-    INFO("stdout: " << run.out << "\nstderr: " << run.err);
-    CHECK(run.code == 2);
-    CHECK(run.err.rfind("seemoe: error: ", 0) == 0);
-    CHECK(count_lines(run.err) == 1);
-    CHECK_THAT(run.err, Catch::Contains(expected));
-}
-
-void replace_in_file(const fs::path& path, const std::string& from, const std::string& to) {
-    std::string text = read_text(path);
-    const std::size_t at = text.find(from);
-    REQUIRE(at != std::string::npos);
-    text.replace(at, from.size(), to);
-    std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
-}
-
-}  // namespace
+using namespace cli_test;
 
 TEST_CASE("seemoe train, caption and eval run end to end on the tiny data", "[cli]") {
     const fs::path dir = scratch("end_to_end");
@@ -290,7 +194,7 @@ TEST_CASE("seemoe reports bad input in one line, exits 2 and writes nothing", "[
 
 TEST_CASE("seemoe --help and <command> --help print usage and exit 0", "[cli]") {
     const fs::path dir = scratch("help");
-    for (const char* args : {"--help", "train --help", "caption --help", "eval --help"}) {
+    for (const char* args : {"--help", "train --help", "caption --help", "generate --help", "eval --help"}) {
         const Run run = run_cli(dir, args);
         INFO(args);
         CHECK(run.code == 0);
@@ -298,6 +202,184 @@ TEST_CASE("seemoe --help and <command> --help print usage and exit 0", "[cli]") 
         CHECK(run.err.empty());
     }
     CHECK_THAT(run_cli(dir, "train --help").out, Catch::Contains("data/shapes, relative to the current directory"));
+}
+
+// ---- text-only mode ------------------------------------------------------------------------------
+
+namespace {
+
+// The first 3,926 characters of tiny Shakespeare (public domain): 52 distinct characters.
+const std::string kTinyText = SEEMOE_SOURCE_DIR "/tests/data/tiny_text.txt";
+
+// A small makemoe-style text model: seconds on one thread.
+std::string train_text(const fs::path& out, const std::string& extra = "") {
+    return "train --text " + quote(kTinyText) + " --out " + quote(out.string()) +
+           " --threads 1 --steps 12 --batch 4 --n-embd 32 --n-layer 2 --heads 2 --experts 4 --block-size 16"
+           " --eval-every 6 --eval-batches 2 --log-every 4 " +
+           extra;
+}
+
+std::string metadata_format(const fs::path& model) {
+    return seemoe::io::load_safetensors<float>(model.string()).metadata.at("format");
+}
+
+}  // namespace
+
+TEST_CASE("seemoe train --text, generate and eval run end to end on a small text", "[cli]") {
+    const fs::path dir = scratch("text_end_to_end");
+    const fs::path run_dir = dir / "run";
+    const Run train = run_cli(dir, train_text(run_dir));
+    INFO(train.out << train.err);
+    REQUIRE(train.code == 0);
+    CHECK(train.err.empty());
+    CHECK_THAT(train.out, Catch::Contains("preset           makemoe"));
+    CHECK_THAT(train.out, Catch::Contains("3533 train, 393 val (the last 10%), vocabulary of 52"));
+    CHECK_THAT(train.out, Catch::Contains("step 6 | val loss"));
+    CHECK_THAT(train.out, Catch::Contains("bits per character"));
+    CHECK_THAT(train.out, Catch::Contains("final report"));
+    CHECK_THAT(train.out, Catch::Contains("sample (seemoe generate"));
+    CHECK(metadata_format(run_dir / "model.safetensors") == seemoe::nn::kTextModelFormat);
+    CHECK(fs::exists(run_dir / "training_state.safetensors"));
+
+    // metrics.jsonl: a row per step, val figures every 6 steps, then the final report.
+    const std::vector<Json> rows = read_metrics(run_dir / "metrics.jsonl");
+    REQUIRE(rows.size() == 13);
+    for (int i = 0; i < 12; ++i) {
+        CHECK(rows[i].at("step").as_int() == i + 1);
+        CHECK(rows[i].at("loss").as_double() > 0);
+        CHECK(rows[i].at("tokens_per_s").as_double() > 0);
+        CHECK(rows[i].contains("val_loss") == ((i + 1) % 6 == 0));
+    }
+    const double val_loss = rows[5].at("val_loss").as_double();
+    CHECK(rows[5].at("val_bpc").as_double() == Approx(val_loss / std::log(2.0)));
+    CHECK(rows[0].at("loss").as_double() == Approx(std::log(55.0)).margin(0.3));  // 52 characters + 3 specials
+    const Json& final_row = rows[12];
+    CHECK(final_row.at("final").as_bool());
+    CHECK(final_row.at("val_characters").as_int() == 392);
+    CHECK(final_row.at("val_loss_estimate").as_double() == rows[11].at("val_loss").as_double());
+
+    // eval scores the file the model was trained on (named in the checkpoint) the same way.
+    const Run eval = run_cli(dir, "eval --threads 1 --model " + quote(run_dir.string()));
+    INFO(eval.out << eval.err);
+    REQUIRE(eval.code == 0);
+    char expected[64];
+    std::snprintf(expected, sizeof expected, "val loss         %.4f per character (392 predicted)",
+                  final_row.at("val_loss").as_double());
+    CHECK_THAT(eval.out, Catch::Contains(expected));
+    CHECK_THAT(eval.out, Catch::Contains("bits per char"));
+    CHECK_THAT(eval.out, Catch::Contains("tokens routed to each expert"));
+
+    // generate: the prompt, then exactly --tokens characters; a seed repeats its text.
+    const std::string gen = "generate --threads 1 --model " + quote(run_dir.string()) + " --prompt 'First' --tokens 40";
+    const Run a = run_cli(dir, gen + " --seed 3"), b = run_cli(dir, gen + " --seed 3"), c = run_cli(dir, gen + " --seed 4");
+    INFO(a.out << a.err);
+    REQUIRE(a.code == 0);
+    CHECK(a.err.empty());
+    CHECK(a.out.rfind("First", 0) == 0);
+    CHECK(a.out.size() == 5 + 40 + 1);  // the tiny text is ASCII: one byte per character
+    CHECK(a.out.back() == '\n');
+    CHECK(b.out == a.out);
+    CHECK(c.out != a.out);
+    const Run greedy = run_cli(dir, gen + " --temperature 0");
+    REQUIRE(greedy.code == 0);
+    CHECK(greedy.out == run_cli(dir, gen + " --temperature 0 --seed 9").out);  // greedy draws nothing
+    const Run no_prompt = run_cli(dir, "generate --threads 1 --model " + quote(run_dir.string()) + " --tokens 7");
+    REQUIRE(no_prompt.code == 0);
+    CHECK(no_prompt.out.size() == 7 + 1);
+}
+
+TEST_CASE("seemoe train --text --resume continues a stopped run exactly", "[cli]") {
+    const fs::path dir = scratch("text_resume");
+    REQUIRE(run_cli(dir, train_text(dir / "full")).code == 0);
+    const Run first = run_cli(dir, train_text(dir / "split", "--stop-at 5"));
+    INFO(first.out << first.err);
+    REQUIRE(first.code == 0);
+    CHECK_THAT(first.out, Catch::Contains("stopped at step 5 of 12"));
+    // The checkpoint says it is a text run: --resume and the folder are enough.
+    const Run second = run_cli(dir, "train --resume --threads 1 --out " + quote((dir / "split").string()));
+    INFO(second.out << second.err);
+    REQUIRE(second.code == 0);
+    CHECK_THAT(second.out, Catch::Contains("resuming from step 5"));
+    const std::vector<double> full = losses(dir / "full" / "metrics.jsonl");
+    REQUIRE(full.size() == 12);
+    CHECK(losses(dir / "split" / "metrics.jsonl") == full);
+    CHECK(read_text(dir / "split" / "model.safetensors") == read_text(dir / "full" / "model.safetensors"));
+    check_error(run_cli(dir, "train --resume --out " + quote((dir / "split").string()) + " --n-embd 64"),
+                "model size flags differ from the checkpoint");
+}
+
+TEST_CASE("seemoe refuses a text model for caption and an image model for generate", "[cli]") {
+    const fs::path dir = scratch("text_refusals");
+    REQUIRE(run_cli(dir, train_text(dir / "text", "--steps 2")).code == 0);
+    const std::string text_model = quote((dir / "text").string());
+    const std::string image_model = quote(SEEMOE_SOURCE_DIR "/tests/data/checkpoint_before_issue14");
+
+    Run run = run_cli(dir, "caption --model " + text_model + " " + quote(kTiny + "/test/00000.png"));
+    check_error(run, "holds a text-only character language model");
+    CHECK_THAT(run.err, Catch::Contains("seemoe generate --model"));
+    CHECK(run.out.empty());
+
+    run = run_cli(dir, "generate --model " + image_model);
+    check_error(run, "holds a vision-language model (it captions images), not a text-only model");
+    CHECK_THAT(run.err, Catch::Contains("seemoe caption --model"));
+    CHECK(run.out.empty());
+
+    check_error(run_cli(dir, "eval --model " + image_model + " --text " + quote(kTinyText)),
+                "--text applies to text models");
+    check_error(run_cli(dir, "eval --model " + text_model + " --split test"), "--split applies to image models");
+}
+
+TEST_CASE("seemoe train --text and generate report bad input in one line, exit 2, write nothing", "[cli]") {
+    const fs::path dir = scratch("text_errors");
+    const fs::path out = dir / "out";
+    auto train_on = [&](const fs::path& text, const std::string& extra = "") {
+        return "train --text " + quote(text.string()) + " --steps 2 --out " + quote(out.string()) + " " + extra;
+    };
+    auto write = [&](const std::string& name, const std::string& bytes) {
+        std::ofstream(dir / name, std::ios::binary) << bytes;
+        return dir / name;
+    };
+
+    SECTION("a missing file, an empty file, a folder") {
+        check_error(run_cli(dir, train_on(dir / "no_such.txt")), "does not exist");
+        check_error(run_cli(dir, train_on(write("empty.txt", ""))), "'" + (dir / "empty.txt").string() + "' is empty");
+        check_error(run_cli(dir, train_on(dir)), "is not a regular file");
+    }
+    SECTION("a file shorter than one window in its val part") {
+        const Run run = run_cli(dir, train_on(write("short.txt", std::string(200, 'a') + "\n")));
+        check_error(run, "has 201 characters: its val part (21 characters) is shorter than one window of 33");
+        CHECK_THAT(run.err, Catch::Contains("smaller --block-size"));
+    }
+    SECTION("invalid UTF-8, named with its line") {
+        const Run run = run_cli(dir, train_on(write("latin1.txt", "caf\xE9 au lait\n" + std::string(400, 'x'))));
+        check_error(run, "is not valid UTF-8: byte 0xE9 at line 1, column 4 (byte 3)");
+        CHECK_THAT(run.err, Catch::Contains("iconv"));
+    }
+    SECTION("presets and flags of the other kind of run") {
+        check_error(run_cli(dir, "train --preset makemoe --out " + quote(out.string())), "needs --text FILE");
+        check_error(run_cli(dir, train_on(kTinyText, "--preset demo")), "sizes an image model");
+        check_error(run_cli(dir, train_on(kTinyText, "--patch 4")), "--patch sizes the image encoder");
+        check_error(run_cli(dir, train_on(kTinyText, "--eval-samples 3")), "--eval-samples applies to image runs");
+        check_error(run_cli(dir, "train --preset tiny --eval-batches 3 --out " + quote(out.string())),
+                    "--eval-batches applies to text runs");
+    }
+    SECTION("a prompt with characters the model does not know") {
+        REQUIRE(run_cli(dir, train_text(dir / "model", "--steps 2")).code == 0);
+        const std::string model = quote((dir / "model").string());
+        Run run = run_cli(dir, "generate --model " + model + " --prompt 'First Zebra'");
+        check_error(run, "--prompt: character 'Z' (U+005A) at byte 6 is not in the model's vocabulary of 52 characters");
+        CHECK(run.out.empty());
+        run = run_cli(dir, "generate --model " + model + " --prompt \"$(printf 'tab\\there')\"");
+        check_error(run, "character (U+0009) at byte 3");
+        run = run_cli(dir, "generate --model " + model + " --tokens 0");
+        check_error(run, "--tokens must be at least 1");
+        // eval on another text with a character outside the vocabulary names its line.
+        run = run_cli(dir, "eval --model " + model + " --text " +
+                               quote(write("other.txt", std::string(400, 'a') + "\nZ\n").string()));
+        check_error(run, "character 'Z' (U+005A) at line 2, column 1");
+        CHECK(run.out.empty());
+    }
+    CHECK_FALSE(fs::exists(out));
 }
 
 #endif  // SEEMOE_CLI_PATH

@@ -3,6 +3,8 @@
 // Prints the loss, caption exact match and character accuracy (see evaluation.hpp), a few of the
 // captions it got wrong, and how many positions each expert of each MoE layer received: a healthy
 // router spreads the load; a collapsed one sends nearly everything to one or two experts.
+// A text model (train --text) is measured on the val part of a text file instead: its loss and
+// bits per character over every val character (text.hpp), and the same routing table.
 #pragma once
 
 #include <cstdio>
@@ -10,6 +12,7 @@
 #include <vector>
 
 #include "evaluation.hpp"
+#include "text.hpp"
 
 namespace cli {
 
@@ -18,19 +21,75 @@ inline const std::vector<FlagSpec>& eval_flags() {
         {"--model", "PATH", "model.safetensors written by 'seemoe train', or its folder (required)"},
         {"--data", "DIR", "data set folder (default: data/shapes, relative to the current directory)"},
         {"--split", "val|test", "which rows to evaluate (default: val)"},
-        {"--batch", "N", "images per evaluation batch (default: 64)"},
+        {"--text", "FILE", "text models: the text whose last 10% is scored (default: the one it was trained on)"},
+        {"--batch", "N", "images (text: windows) per evaluation batch (default: 64)"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores)"},
+        {"--allow-outside-paths", nullptr,
+         "let captions.csv name images outside the data folder (absolute paths, '..', symlinks out)"},
     };
     return flags;
 }
 
 inline std::string eval_usage() {
-    return "usage: seemoe eval --model PATH [--data DIR] [--split val|test]\n\n"
+    return "usage: seemoe eval --model PATH [--data DIR] [--split val|test]\n"
+           "       seemoe eval --model PATH [--text FILE]          (a text model)\n\n"
            "Measures a trained model on a split: loss per caption token, caption exact match,\n"
            "character accuracy (1 - edit distance / caption length), and the positions routed to\n"
-           "each expert of each MoE layer.\n\n"
+           "each expert of each MoE layer. A text model is scored on the val part (the last 10%) of\n"
+           "its text file: loss per character and bits per character (loss / ln 2), every character\n"
+           "predicted once from the up to block_size characters before it.\n\n"
            "flags:\n" +
            flag_help(eval_flags());
+}
+
+// Positions each expert of each layer received (count and share). Each position goes to top-k
+// experts, so a layer's counts add up to k x positions.
+inline void print_routing(const RoutingCounts& routing, Index K) {
+    const std::size_t E = routing.empty() ? 0 : routing[0].size();
+    std::printf("tokens routed to each expert (count and share of the layer; each token goes to %lld experts)\n",
+                static_cast<long long>(K));
+    std::printf("  layer");
+    for (std::size_t e = 0; e < E; ++e) std::printf("  %13s", format("expert %zu", e).c_str());
+    std::printf("\n");
+    for (std::size_t l = 0; l < routing.size(); ++l) {
+        Index total = 0;
+        for (Index c : routing[l]) total += c;
+        std::printf("  %5zu", l);
+        for (Index c : routing[l])
+            std::printf("  %6lld %5.1f%%", static_cast<long long>(c),
+                        total ? 100.0 * static_cast<double>(c) / static_cast<double>(total) : 0.0);
+        std::printf("\n");
+    }
+}
+
+// `seemoe eval` on a text model: the val part of its text file, every character once.
+inline int run_text_eval(const Args& args) {
+    for (const char* flag : {"--data", "--split"})
+        if (args.has(flag))
+            throw CliError(std::string(flag) + " applies to image models; this is a text model",
+                           "drop it (pass --text FILE to score another text)");
+    const Index batch = args.get_int("--batch", 64, 1);
+    TextCheckpoint ck = load_text_checkpoint(args.get("--model", ""));
+    const auto trained_on = ck.metadata.find("text");
+    const std::string path = args.get("--text", trained_on == ck.metadata.end() ? "" : trained_on->second);
+    if (path.empty())
+        throw CliError("the checkpoint does not name its text file", "pass --text FILE");
+    const TextDataset data = load_text(path, ck.model.config.block_size, &ck.tokenizer);
+
+    Stopwatch clock;
+    RoutingCounts routing;
+    const double loss = text_loss(ck.model, data.covering_batches(TextSplit::val, batch), &routing);
+    const Index characters = static_cast<Index>(data.ids(TextSplit::val).size()) - 1;
+    print_table("seemoe eval",
+                {{"model", format("%s (text, step %lld, %s parameters)", ck.path.c_str(),
+                                  static_cast<long long>(ck.step), format_count(ck.model.num_parameters()).c_str())},
+                 {"text", format("%s, val part: the last %lld characters", path.c_str(),
+                                 static_cast<long long>(characters + 1))},
+                 {"val loss", format("%.4f per character (%lld predicted)", loss, static_cast<long long>(characters))},
+                 {"bits per char", format("%.4f", bits_per_character(loss))},
+                 {"time", format_duration(clock.seconds())}});
+    print_routing(routing, ck.model.config.top_k);
+    return 0;
 }
 
 inline int run_eval(int argc, char** argv) {
@@ -44,13 +103,21 @@ inline int run_eval(int argc, char** argv) {
                        "run 'seemoe eval --help' for usage");
     if (!args.has("--model"))
         throw CliError("eval needs --model PATH", "pass the model.safetensors (or folder) that 'seemoe train' wrote");
+    if (is_text_checkpoint(args.get("--model", ""))) {
+        if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
+        return run_text_eval(args);
+    }
+    if (args.has("--text"))
+        throw CliError("--text applies to text models; " + model_file(args.get("--model", "")) +
+                           " is not one",
+                       "drop --text (an image model is measured on --data)");
     const std::string data_path = args.get("--data", kDefaultData);
     const Split split = args.get_choice("--split", "val", {"val", "test"}) == "val" ? Split::val : Split::test;
     const Index batch = args.get_int("--batch", 64, 1);
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
 
     Checkpoint ck = load_checkpoint(args.get("--model", ""));
-    const CaptionDataset ds = load_split(data_path, split, ck.model.config.vision.image_size);
+    const CaptionDataset ds = load_split(data_path, split, ck.model.config.vision.image_size, args.flag("--allow-outside-paths"));
     if (ds.empty())
         throw CliError(data_path + " has no " + seemoe::data::split_name(split) + " rows",
                        "choose another --split, or add rows with that split to captions.csv");
@@ -83,24 +150,7 @@ inline int run_eval(int argc, char** argv) {
         print_examples(score, 5, /*mistakes_only=*/true);
     }
 
-    // Routing: positions (visual tokens + caption tokens, teacher forced) each expert received,
-    // per layer. Each position goes to top-k experts, so a layer's counts add up to k x positions.
-    const Index K = ck.model.config.decoder.top_k;
-    const std::size_t E = routing.empty() ? 0 : routing[0].size();
-    std::printf("tokens routed to each expert (count and share of the layer; each token goes to %lld experts)\n",
-                static_cast<long long>(K));
-    std::printf("  layer");
-    for (std::size_t e = 0; e < E; ++e) std::printf("  %13s", format("expert %zu", e).c_str());
-    std::printf("\n");
-    for (std::size_t l = 0; l < routing.size(); ++l) {
-        Index total = 0;
-        for (Index c : routing[l]) total += c;
-        std::printf("  %5zu", l);
-        for (Index c : routing[l])
-            std::printf("  %6lld %5.1f%%", static_cast<long long>(c),
-                        total ? 100.0 * static_cast<double>(c) / static_cast<double>(total) : 0.0);
-        std::printf("\n");
-    }
+    print_routing(routing, ck.model.config.decoder.top_k);
     return 0;
 }
 

@@ -53,6 +53,10 @@ inline std::string data_hint(const std::string& message) {
     if (has("vocabulary"))
         return "the model's vocabulary lacks that character: evaluate on captions written with the "
                "characters it was trained on, or train a model on this data";
+    if (has("outside the data folder") || has("the path is absolute"))
+        return "keep the images inside the data folder and name them relative to it, or pass "
+               "--allow-outside-paths if you trust this captions.csv";
+    if (has("not valid UTF-8")) return "save captions.csv as UTF-8";
     if (has(", image "))
         return "replace that image with a readable PNG/JPEG/BMP/GIF/TGA file, or remove its row from "
                "captions.csv";
@@ -60,10 +64,11 @@ inline std::string data_hint(const std::string& message) {
 }
 
 // The rows of one split, images resized to image_size; errors carry a hint.
-inline CaptionDataset load_split(const std::string& path, Split split, Index image_size) {
+inline CaptionDataset load_split(const std::string& path, Split split, Index image_size, bool allow_outside_paths) {
     seemoe::data::DatasetOptions options;
     options.split = split;
     options.image_size = static_cast<int>(image_size);
+    options.allow_outside_paths = allow_outside_paths;
     try {
         return CaptionDataset::load(path, options);
     } catch (const seemoe::Error& e) {
@@ -105,6 +110,18 @@ inline std::string model_file(const std::string& path) {
     return path;
 }
 
+// The "format" entry of the model checkpoint at `path` ("" if it has none or cannot be read: the
+// loader then reports what is wrong).
+inline std::string checkpoint_format(const std::string& path) {
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) return "";
+    try {
+        return seemoe::nn::model_format(seemoe::io::load_safetensors<float>(path).metadata);
+    } catch (const seemoe::Error&) {
+        return "";
+    }
+}
+
 // The model, vocabulary and step of a checkpoint (nn/checkpoint.hpp checks they agree).
 inline Checkpoint load_checkpoint(const std::string& given) {
     Checkpoint ck;
@@ -113,7 +130,15 @@ inline Checkpoint load_checkpoint(const std::string& given) {
                              "runs/demo)";
     std::error_code ec;
     if (!fs::exists(ck.path, ec)) throw CliError("checkpoint " + ck.path + " does not exist", hint);
-    seemoe::nn::LoadedModel loaded = with_hint(hint, [&] { return seemoe::nn::load_model(ck.path); });
+    seemoe::nn::LoadedModel loaded;
+    try {
+        loaded = seemoe::nn::load_model(ck.path);
+    } catch (const seemoe::Error& e) {
+        if (checkpoint_format(ck.path) == seemoe::nn::kTextModelFormat)
+            throw CliError(e.what(), "it continues text: run 'seemoe generate --model " + given +
+                                         "' (or 'seemoe eval --model " + given + "') instead");
+        throw CliError(e.what(), hint);
+    }
     ck.model = std::move(loaded.model);
     ck.tokenizer = std::move(loaded.tokenizer);
     ck.step = loaded.step;

@@ -44,6 +44,7 @@
 #include "data/image.hpp"
 #include "data/tokenizer.hpp"
 #include "data/dataset.hpp"
+#include "data/text.hpp"
 
 // nn: modules named like their PyTorch counterparts, the model, and its checkpoint
 #include "nn/module.hpp"
@@ -55,6 +56,7 @@
 #include "nn/vision.hpp"
 #include "nn/projector.hpp"
 #include "nn/moe.hpp"
+#include "nn/sampling.hpp"
 #include "nn/decoder.hpp"
 #include "nn/vlm.hpp"
 #include "nn/checkpoint.hpp"

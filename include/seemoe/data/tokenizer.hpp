@@ -68,6 +68,9 @@ public:
         return names;
     }
 
+    // Whether the vocabulary has the character with this code point.
+    bool contains(std::uint32_t code_point) const { return find(code_point) >= 0; }
+
     // The id of each character of `text` (no <bos>/<eos>). Throws naming the first character
     // that is not in the vocabulary.
     std::vector<Index> encode(std::string_view text) const {

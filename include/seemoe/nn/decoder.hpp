@@ -8,18 +8,23 @@
 // front of the tokens (the VLM's visual tokens); positions count from the start of the prefix.
 //
 // forward() builds the training graph; forward_cached() is the inference path with one KVCache per
-// block: call it once with the prompt, then once per new token.
+// block: call it once with the prompt, then once per new token. generate() continues a text with
+// those caches (see there for what happens once the text is longer than block_size).
 #pragma once
 
+#include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../ops/elementwise.hpp"
+#include "../ops/functional.hpp"
 #include "../ops/shape_ops.hpp"
 #include "attention.hpp"
 #include "embedding.hpp"
 #include "layer_norm.hpp"
 #include "moe.hpp"
+#include "sampling.hpp"
 
 namespace seemoe::nn {
 
@@ -34,6 +39,86 @@ struct DecoderConfig {
     Index block_size = 1000; // positions, prefix included
     double dropout = 0.1;
 };
+
+// Every field of a DecoderConfig, once, in checkpoint order: fn(name, field). A text model's
+// checkpoint JSON and the VLM's "decoder" section (for_each_field in vlm.hpp) both walk it.
+template <typename Config, typename Fn>
+void for_each_decoder_field(Config& c, Fn&& fn) {
+    static_assert(std::is_same_v<std::remove_const_t<Config>, DecoderConfig>,
+                  "for_each_decoder_field takes a DecoderConfig");
+    fn("vocab_size", c.vocab_size);
+    fn("n_embd", c.n_embd);
+    fn("n_head", c.n_head);
+    fn("n_layer", c.n_layer);
+    fn("num_experts", c.num_experts);
+    fn("top_k", c.top_k);
+    fn("expert_ratio", c.expert_ratio);
+    fn("block_size", c.block_size);
+    fn("dropout", c.dropout);
+}
+
+// What is wrong with a config: the field, named as in the checkpoint JSON ("decoder.n_layer"),
+// and the problem ("must be at least 1, got 0"). An empty field means the config is sound.
+struct ConfigIssue {
+    std::string field;
+    std::string problem;
+    explicit operator bool() const { return !field.empty(); }
+};
+
+// The largest model a config may describe, in parameters. With the per-field upper bounds of the
+// checks below it is generous for this model family, yet small enough that a typo or a corrupt
+// checkpoint fails with its field's name instead of in an allocation of terabytes.
+inline constexpr double kMaxParameters = 1e9;
+
+namespace detail {
+inline ConfigIssue check_range(const std::string& field, Index value, Index lo, Index hi) {
+    if (value < lo) return {field, seemoe::detail::concat("must be at least ", lo, ", got ", value)};
+    if (value > hi) return {field, seemoe::detail::concat("must be at most ", hi, ", got ", value)};
+    return {};
+}
+}  // namespace detail
+
+// An estimate of the decoder's parameters (embeddings, attention, experts, router, head).
+inline double approx_parameter_count(const DecoderConfig& c) {
+    const double C = static_cast<double>(c.n_embd), V = static_cast<double>(c.vocab_size);
+    const double E = static_cast<double>(c.num_experts);
+    return 2 * V * C + static_cast<double>(c.block_size) * C +
+           static_cast<double>(c.n_layer) * (4 * C * C + E * 2 * static_cast<double>(c.expert_ratio) * C * C + C * E);
+}
+
+// Checks every field of a decoder config: sizes >= 1 and below sane bounds, n_embd divisible by
+// n_head, top_k <= num_experts, dropout in [0, 1), at most kMaxParameters. `prefix` goes before
+// the field names ("decoder." inside a VLM config).
+inline ConfigIssue find_decoder_issue(const DecoderConfig& c, const std::string& prefix = "") {
+    for (ConfigIssue issue : {
+             detail::check_range(prefix + "vocab_size", c.vocab_size, 3, 0x110000 + 3),
+             detail::check_range(prefix + "n_embd", c.n_embd, 1, 65536),
+             detail::check_range(prefix + "n_head", c.n_head, 1, std::max<Index>(c.n_embd, 1)),
+             detail::check_range(prefix + "n_layer", c.n_layer, 1, 1024),
+             detail::check_range(prefix + "num_experts", c.num_experts, 1, 4096),
+             detail::check_range(prefix + "top_k", c.top_k, 1, std::max<Index>(c.num_experts, 1)),
+             detail::check_range(prefix + "expert_ratio", c.expert_ratio, 1, 64),
+             detail::check_range(prefix + "block_size", c.block_size, 2, Index(1) << 20),
+         })
+        if (issue) return issue;
+    if (c.n_embd % c.n_head != 0)
+        return {prefix + "n_embd", seemoe::detail::concat("must be divisible by ", prefix, "n_head ", c.n_head,
+                                                          ", got ", c.n_embd)};
+    if (!(c.dropout >= 0.0 && c.dropout < 1.0))
+        return {prefix + "dropout", seemoe::detail::concat("must be in [0, 1), got ", c.dropout)};
+    const double params = approx_parameter_count(c);
+    if (params > kMaxParameters)
+        return {prefix + "n_embd", seemoe::detail::concat("gives a model of about ", static_cast<long long>(params / 1e6),
+                                                          " M parameters with the other sizes; the limit is ",
+                                                          static_cast<long long>(kMaxParameters / 1e6), " M")};
+    return {};
+}
+
+// Throws Error "<where>: config field <field> <problem>" if the decoder config has a problem.
+inline void check_decoder_config(const DecoderConfig& c, const std::string& where, const std::string& prefix = "") {
+    const ConfigIssue issue = find_decoder_issue(c, prefix);
+    SEEMOE_CHECK(!issue, where, ": config field ", issue.field, " ", issue.problem);
+}
 
 template <typename T>
 class SparseMoEBlock : public Module<T> {
@@ -74,8 +159,9 @@ template <typename T>
 class MoEDecoderLanguageModel : public Module<T> {
 public:
     MoEDecoderLanguageModel() = default;
+    // The config is checked (check_decoder_config) before any layer is built.
     MoEDecoderLanguageModel(const DecoderConfig& config, Rng& rng)
-        : config(config),
+        : config(checked(config)),
           token_embedding(config.vocab_size, config.n_embd, rng, T(0.02)),
           position_embedding(config.block_size, config.n_embd, rng, T(0.02)),
           ln_f(config.n_embd),
@@ -87,6 +173,11 @@ public:
         lm_head.bias = detail::parameter(Tensor<T>::zeros({config.vocab_size}));
     }
 
+    static const DecoderConfig& checked(const DecoderConfig& c) {
+        check_decoder_config(c, "[MoEDecoderLanguageModel]");
+        return c;
+    }
+
     // ids (B, T) row-major, optional prefix (B, Tp, C) -> logits (B, Tp+T, V).
     Tensor<T> forward(const std::vector<Index>& ids, Index B, Index T_text, Rng& rng,
                       const Tensor<T>& prefix = Tensor<T>()) const {
@@ -94,6 +185,15 @@ public:
         x = add(x, slice(position_embedding.weight, 0, 0, x.size(1)));       // (B, L, C)
         for (const auto& block : blocks) x = block.forward(x, rng);          // (B, L, C)
         return lm_head.forward(ln_f.forward(x));                             // (B, L, V)
+    }
+
+    // Text alone: mean cross-entropy of ids (B, T) against targets (B, T) (kIgnoreIndex skips a
+    // position), the training loss of a character language model.
+    Tensor<T> loss(const std::vector<Index>& ids, const std::vector<Index>& targets, Index B, Index T_text,
+                   Rng& rng) const {
+        SEEMOE_CHECK(static_cast<Index>(targets.size()) == B * T_text, "[MoEDecoderLanguageModel] ",
+                     targets.size(), " targets do not fill (B, T) = (", B, ", ", T_text, ")");
+        return cross_entropy(forward(ids, B, T_text, rng), targets);         // ()
     }
 
     // Inference with KV caches (one per block, reset by the caller): x (B, Tn, C) are the
@@ -130,6 +230,52 @@ public:
         for (auto& c : caches)
             c.reset(B, config.n_head, config.n_embd / config.n_head, std::min(max_len, config.block_size));
         return caches;
+    }
+
+    // Continues `prompt` (at least one token) by options.max_new_tokens tokens and returns them;
+    // on_token(id) sees each one as soon as it is chosen (to stream it). Each token is predicted
+    // from the last block_size tokens, as in training (and as makeMoE's generate crops its
+    // context). While the text fits in block_size the KV caches make each step one position of
+    // work; after that the window slides every step, and since positions are absolute (the
+    // oldest token leaves position 0, every other moves down one) the cached keys no longer
+    // apply: the caches are refilled from the window's block_size tokens, one forward of
+    // block_size positions per new token.
+    template <typename OnToken>
+    std::vector<Index> generate(const std::vector<Index>& prompt, const SamplingOptions& options, Rng& rng,
+                                OnToken&& on_token) {
+        SEEMOE_CHECK(!prompt.empty(), "[MoEDecoderLanguageModel::generate] the prompt needs at least one token");
+        for (Index id : prompt)
+            SEEMOE_CHECK(id >= 0 && id < config.vocab_size, "[MoEDecoderLanguageModel::generate] prompt token ", id,
+                         " is outside the vocabulary of ", config.vocab_size);
+        NoGradGuard no_grad;
+        const bool was_training = this->is_training();
+        this->eval();
+        const Index W = config.block_size, V = config.vocab_size;
+        std::vector<Index> text = prompt, generated;
+        std::vector<KVCache<T>> caches = make_caches(1, W);
+        Index start = 0;  // the caches hold the keys of text[start, start + caches[0].length)
+        for (Index step = 0; step < options.max_new_tokens; ++step) {
+            const Index length = static_cast<Index>(text.size());
+            const Index window = std::max<Index>(0, length - W);
+            if (window != start) {  // the window slid: its tokens all sit at new positions
+                start = window;
+                for (auto& cache : caches) cache.length = 0;
+            }
+            const Index done = start + caches[0].length;
+            const std::vector<Index> fresh(text.begin() + done, text.end());
+            const Index Tn = static_cast<Index>(fresh.size());
+            Tensor<T> logits = forward_cached(embed(fresh, 1, Tn, Tensor<T>()), caches);  // (1, Tn, V)
+            const Index next = sample_token(logits.data() + (Tn - 1) * V, V, options, rng);
+            text.push_back(next);
+            generated.push_back(next);
+            on_token(next);
+        }
+        this->train(was_training);
+        return generated;
+    }
+
+    std::vector<Index> generate(const std::vector<Index>& prompt, const SamplingOptions& options, Rng& rng) {
+        return generate(prompt, options, rng, [](Index) {});
     }
 
     DecoderConfig config;

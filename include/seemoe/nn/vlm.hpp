@@ -25,6 +25,7 @@
 #include "../ops/functional.hpp"
 #include "decoder.hpp"
 #include "projector.hpp"
+#include "sampling.hpp"
 #include "vision.hpp"
 
 namespace seemoe::nn {
@@ -70,71 +71,87 @@ void for_each_field(Config& c, Fn&& fn) {
     fn("vision", "n_heads", c.vision.n_heads);
     fn("vision", "mlp_ratio", c.vision.mlp_ratio);
     fn("vision", "dropout", c.vision.dropout);
-    fn("decoder", "vocab_size", c.decoder.vocab_size);
-    fn("decoder", "n_embd", c.decoder.n_embd);
-    fn("decoder", "n_head", c.decoder.n_head);
-    fn("decoder", "n_layer", c.decoder.n_layer);
-    fn("decoder", "num_experts", c.decoder.num_experts);
-    fn("decoder", "top_k", c.decoder.top_k);
-    fn("decoder", "expert_ratio", c.decoder.expert_ratio);
-    fn("decoder", "block_size", c.decoder.block_size);
-    fn("decoder", "dropout", c.decoder.dropout);
+    for_each_decoder_field(c.decoder, [&](const char* name, auto& field) { fn("decoder", name, field); });
     fn("", "visual_tokens", c.visual_tokens);
     fn("", "pad_id", c.pad_id);
     fn("", "bos_id", c.bos_id);
     fn("", "eos_id", c.eos_id);
 }
 
-struct SamplingOptions {
-    Index max_new_tokens = 64;
-    double temperature = 0.0;  // 0: greedy (argmax)
-    Index top_k = 0;           // 0: no top-k filter
-    double top_p = 1.0;        // 1: no nucleus filter
-};
+// An estimate of the parameters a config builds (weights of every matrix and embedding; norms
+// and biases are a rounding error).
+inline double approx_parameter_count(const VLMConfig& c) {
+    const double D = static_cast<double>(c.vision.dim), C = static_cast<double>(c.decoder.n_embd);
+    const double p = static_cast<double>(c.vision.patch_size), P = static_cast<double>(c.vision.num_patches());
+    const double vit = 3 * p * p * D + (P + 1) * D +
+                       static_cast<double>(c.vision.n_blocks) * (4 + 2 * static_cast<double>(c.vision.mlp_ratio)) * D * D;
+    return vit + D * C + C * C + approx_parameter_count(c.decoder);
+}
 
-// Picks the next token from one row of logits (V).
-template <typename T>
-Index sample_token(const T* logits, Index V, const SamplingOptions& options, Rng& rng) {
-    if (options.temperature <= 0.0) return static_cast<Index>(std::max_element(logits, logits + V) - logits);
-    std::vector<Index> order(static_cast<std::size_t>(V));
-    std::iota(order.begin(), order.end(), Index(0));
-    std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) { return logits[a] > logits[b]; });
-    Index keep = (options.top_k > 0) ? std::min(options.top_k, V) : V;
-    std::vector<double> probs(static_cast<std::size_t>(keep));
-    double total = 0.0;
-    for (Index i = 0; i < keep; ++i) {
-        probs[i] = std::exp((static_cast<double>(logits[order[i]]) - logits[order[0]]) / options.temperature);
-        total += probs[i];
-    }
-    if (options.top_p < 1.0) {  // smallest prefix whose probability reaches top_p
-        double mass = 0.0;
-        Index cut = 0;
-        while (cut < keep) {
-            mass += probs[cut++] / total;
-            if (mass >= options.top_p) break;
-        }
-        keep = cut;
-        total = std::accumulate(probs.begin(), probs.begin() + keep, 0.0);
-    }
-    double u = rng.uniform() * total;
-    for (Index i = 0; i < keep; ++i) {
-        u -= probs[i];
-        if (u < 0) return order[i];
-    }
-    return order[keep - 1];
+// Checks every field of a config before anything is built: the decoder's (find_decoder_issue,
+// nn/decoder.hpp), the ViT's sizes >= 1 and below sane bounds, the image a whole number of
+// patches, enough positions for the visual tokens, special ids inside the vocabulary and
+// distinct, at most kMaxParameters in all. The one validation behind the model's constructor,
+// checkpoints, the trainer's flags and bench.
+inline ConfigIssue find_config_issue(const VLMConfig& c) {
+    const auto fmt = [](auto... parts) { return seemoe::detail::concat(parts...); };
+    const Index S = c.vision.image_size, p = c.vision.patch_size;
+    for (ConfigIssue issue : {
+             detail::check_range("vision.image_size", S, 1, 8192),
+             detail::check_range("vision.patch_size", p, 1, std::max<Index>(S, 1)),
+             detail::check_range("vision.channels", c.vision.channels, 3, 3),
+             detail::check_range("vision.dim", c.vision.dim, 1, 65536),
+             detail::check_range("vision.n_blocks", c.vision.n_blocks, 1, 1024),
+             detail::check_range("vision.n_heads", c.vision.n_heads, 1, std::max<Index>(c.vision.dim, 1)),
+             detail::check_range("vision.mlp_ratio", c.vision.mlp_ratio, 1, 64),
+             find_decoder_issue(c.decoder, "decoder."),
+         })
+        if (issue) return issue;
+    if (S % p != 0) return {"vision.image_size", fmt("must be a multiple of vision.patch_size ", p, ", got ", S)};
+    if (c.vision.dim % c.vision.n_heads != 0)
+        return {"vision.dim", fmt("must be divisible by vision.n_heads ", c.vision.n_heads, ", got ", c.vision.dim)};
+    if (!(c.vision.dropout >= 0.0 && c.vision.dropout < 1.0))
+        return {"vision.dropout", fmt("must be in [0, 1), got ", c.vision.dropout)};
+    if (c.decoder.block_size < c.num_visual_tokens() + 2)
+        return {"decoder.block_size", fmt("must be at least ", c.num_visual_tokens() + 2, " (", c.num_visual_tokens(),
+                                          " visual tokens, <bos> and one character), got ", c.decoder.block_size)};
+    for (auto [field, value] : {std::pair<const char*, Index>{"pad_id", c.pad_id}, {"bos_id", c.bos_id},
+                                {"eos_id", c.eos_id}})
+        if (value < 0 || value >= c.decoder.vocab_size)
+            return {field, fmt("must be a token id in [0, ", c.decoder.vocab_size, "), got ", value)};
+    if (c.pad_id == c.bos_id || c.pad_id == c.eos_id || c.bos_id == c.eos_id)
+        return {"eos_id", fmt("pad_id, bos_id and eos_id must differ, got ", c.pad_id, ", ", c.bos_id, ", ", c.eos_id)};
+    const double params = approx_parameter_count(c);
+    if (params > kMaxParameters)
+        return {"vision.dim", fmt("gives a model of about ", static_cast<long long>(params / 1e6),
+                                  " M parameters with the other sizes; the limit is ",
+                                  static_cast<long long>(kMaxParameters / 1e6), " M")};
+    return {};
+}
+
+// Throws Error "<where>: config field <field> <problem>" if the config has a problem.
+inline void check_config(const VLMConfig& c, const std::string& where) {
+    const ConfigIssue issue = find_config_issue(c);
+    SEEMOE_CHECK(!issue, where, ": config field ", issue.field, " ", issue.problem);
 }
 
 template <typename T>
 class VisionMoELanguageModel : public Module<T> {
 public:
     VisionMoELanguageModel() = default;
+    // The config is checked (check_config) before any layer is built.
     VisionMoELanguageModel(const VLMConfig& config, Rng& rng)
-        : config(config),
+        : config(checked(config)),
           vision_encoder(config.vision, rng),
           projector(config.vision.dim, config.decoder.n_embd, static_cast<T>(config.decoder.dropout), rng),
           decoder(config.decoder, rng) {}
 
     Index num_visual_tokens() const { return config.num_visual_tokens(); }
+
+    static const VLMConfig& checked(const VLMConfig& c) {
+        check_config(c, "[VisionMoELanguageModel]");
+        return c;
+    }
 
     // images (B, 3, S, S) -> visual tokens (B, Tv, C)
     Tensor<T> encode_images(const Tensor<T>& images, Rng& rng) const {
