@@ -27,6 +27,10 @@
 // all, as in the composed graph. Generation (a few tokens, no graph, no dropout) takes a path of
 // its own, moe_experts_inference below: it splits each expert's hidden units over the threads.
 //
+// The routing helpers at the end of the file decide and score what the op is given:
+// expert_capacity and drop_overflow (which slots a full expert turns away, by position or by
+// priority), and the router's auxiliary losses load_balancing_loss and router_z_loss.
+//
 // Legend: N tokens, C channels, Hd expert hidden width, E experts, K experts per token.
 #pragma once
 
