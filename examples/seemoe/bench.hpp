@@ -22,12 +22,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <numeric>
 #include <string>
 #include <vector>
 
 #include <seemoe/seemoe.hpp>
 
 #include "presets.hpp"
+#include "team.hpp"
 
 namespace cli {
 
@@ -156,7 +158,7 @@ inline double round_to(double value, int decimals) {
 
 }  // namespace bench
 
-inline int run_bench(int argc, char** argv) {
+inline int run_bench(int argc, char** argv, Team& team) {
     using seemoe::Tensor;
     const std::vector<FlagSpec> flags = bench_flags();
     Args args("bench", flags, argc, argv, 2);
@@ -174,11 +176,14 @@ inline int run_bench(int argc, char** argv) {
     m.vision.image_size = args.get_int("--img", m.vision.image_size, 1);
     apply_model_flags(args, m);  // --image-size (wins over --img), --patch, ... and their checks
     m.decoder.vocab_size = args.get_int("--vocab", 66, 3);
+    check_model_config(args, m, {{"--vocab", "decoder.vocab_size"}});
     const Index batch = args.get_int("--batch", 16, 1);
     const Index text_len = args.get_int("--text-len", 32, 1);
     const Index steps = args.get_int("--steps", 10, 1);
     const Index warmup = args.get_int("--warmup", 2, 0);
-    const Index gen_tokens = args.get_int("--gen-tokens", 32, 0);
+    // With several ranks the cores are shared by them: caption latency and the FMA peak, which one
+    // process measures, are left out unless asked for.
+    const Index gen_tokens = args.get_int("--gen-tokens", team.size() > 1 ? 0 : 32, 0);
     const Index gen_reps = args.get_int("--gen-reps", 5, 1);
     const std::uint64_t seed = args.get_seed("--seed", 0);
     const bool json = args.flag("--json");
@@ -204,19 +209,52 @@ inline int run_bench(int argc, char** argv) {
     for (auto& id : targets) id = rng.randint(0, V);
     seemoe::AdamW<float> optimizer(model.parameters());
     model.train();
-    std::vector<double> step_ms;
+    // With several ranks each trains on its slice of the batch and the gradients are averaged.
+    if (batch < team.size())
+        throw CliError(format("a batch of %lld cannot give each of the %d ranks one", static_cast<long long>(batch),
+                              team.size()),
+                       format("pass --batch %d or more", team.size()));
+    std::vector<Index> everyone(static_cast<std::size_t>(batch));
+    std::iota(everyone.begin(), everyone.end(), Index(0));
+    const std::vector<Index> mine = team.shard(everyone);
+    const Index local = static_cast<Index>(mine.size()), first = mine.front();
+    Tensor<float> local_images = seemoe::slice(images, 0, first, first + local);  // (b, 3, S, S)
+    const std::vector<Index> local_ids(input_ids.begin() + first * text_len,
+                                       input_ids.begin() + (first + local) * text_len);  // (b, L)
+    const std::vector<Index> local_targets(targets.begin() + first * text_len,
+                                           targets.begin() + (first + local) * text_len);  // (b, L)
+    team.start(model.parameters());
+    std::vector<double> step_ms, comm_ms;
     double last_loss = 0;
     for (Index s = 0; s < warmup + steps; ++s) {
         const double start = bench::now_ms();
+        const double comm_before = team.comm_stats().seconds;
         optimizer.zero_grad(/*set_to_none=*/true);  // as the anchor does
-        Tensor<float> loss = model.loss(images, input_ids, targets, text_len, rng);  // ()
+        Tensor<float> loss = model.loss(local_images, local_ids, local_targets, text_len, rng);  // ()
+        const TeamLoss total = team.reduce_loss(loss.item(), local * text_len);
+        if (total.scale != 1.0) loss = seemoe::mul(loss, static_cast<float>(total.scale));  // ()
         loss.backward();
+        team.reduce_gradients();
         optimizer.step();
         const double elapsed = bench::now_ms() - start;
-        if (s >= warmup) step_ms.push_back(elapsed);
-        last_loss = loss.item();
+        if (s >= warmup) {
+            step_ms.push_back(elapsed);
+            comm_ms.push_back((team.comm_stats().seconds - comm_before) * 1e3);
+        }
+        last_loss = total.mean;
     }
     const bench::Timing step = bench::summarize(step_ms);
+    const bench::Timing comm = bench::summarize(comm_ms);
+    // In a step the exchange also waits for the slowest rank to finish backward; the gradient
+    // all-reduce alone, every rank starting together, is timed here.
+    std::vector<double> reduce_ms;
+    for (Index r = 0; team.size() > 1 && r < 5; ++r) {
+        team.barrier();
+        const double start = bench::now_ms();
+        team.reduce_gradients();
+        reduce_ms.push_back(bench::now_ms() - start);
+    }
+    const bench::Timing reduce_alone = bench::summarize(reduce_ms);
     const double train_flops = 3 * bench::forward_flops(m, batch, T);
     const double executed_flops = train_flops - 3 * bench::skipped_forward_flops(m, batch);
 
@@ -251,14 +289,18 @@ inline int run_bench(int argc, char** argv) {
     }
     const double rss = bench::peak_rss_mb();  // before the peak kernel, which allocates nothing
 
-    const double peak_core = bench::fma_peak_gflops(1);
-    const double peak_all = threads > 1 ? bench::fma_peak_gflops(threads) : peak_core;
+    if (!team.leader()) return 0;  // rank 0 reports
+    const bool measure_peak = team.size() == 1;
+    const double peak_core = measure_peak ? bench::fma_peak_gflops(1) : 0.0;
+    const double peak_all = !measure_peak ? 0.0 : threads > 1 ? bench::fma_peak_gflops(threads) : peak_core;
     const double gflops = train_flops / step.median / 1e6;
 
     seemoe::io::Json out;
     out["impl"] = "seemoe";
     out["preset"] = preset_name;
-    out["threads"] = static_cast<std::int64_t>(threads);
+    out["threads"] = static_cast<std::int64_t>(threads);  // per rank
+    out["ranks"] = static_cast<std::int64_t>(team.size());
+    out["parallel_mode"] = team.mode();
     out["params"] = static_cast<std::int64_t>(params);
     out["loss"] = bench::round_to(last_loss, 4);
     out["step_ms_median"] = bench::round_to(step.median, 2);
@@ -266,13 +308,22 @@ inline int run_bench(int argc, char** argv) {
     out["train_tokens_per_s"] = bench::round_to(static_cast<double>(batch * T) / step.median * 1e3, 1);
     out["train_gflop_per_step"] = bench::round_to(train_flops / 1e9, 2);
     out["train_gflop_per_s"] = bench::round_to(gflops, 1);
-    out["fma_peak_gflop_per_s_core"] = bench::round_to(peak_core, 1);
-    out["fma_peak_gflop_per_s"] = bench::round_to(peak_all, 1);
-    out["peak_fraction_pct"] = bench::round_to(100.0 * gflops / peak_all, 1);
+    if (team.size() > 1) {
+        // Rank 0's time in the gradient exchange (packing, all-reduce, unpacking) per step.
+        out["comm_ms_median"] = bench::round_to(comm.median, 2);
+        out["comm_share_pct"] = bench::round_to(100.0 * comm.median / step.median, 1);
+        out["comm_bytes_per_step"] = team.gradient_bytes_per_step();
+        out["allreduce_alone_ms_median"] = bench::round_to(reduce_alone.median, 2);
+    }
     // What the step actually computes (the anchor's formula counts rows seemoe skips; see above).
     out["executed_gflop_per_step"] = bench::round_to(executed_flops / 1e9, 2);
     out["executed_gflop_per_s"] = bench::round_to(executed_flops / step.median / 1e6, 1);
-    out["executed_peak_fraction_pct"] = bench::round_to(100.0 * executed_flops / step.median / 1e6 / peak_all, 1);
+    if (measure_peak) {
+        out["fma_peak_gflop_per_s_core"] = bench::round_to(peak_core, 1);
+        out["fma_peak_gflop_per_s"] = bench::round_to(peak_all, 1);
+        out["peak_fraction_pct"] = bench::round_to(100.0 * gflops / peak_all, 1);
+        out["executed_peak_fraction_pct"] = bench::round_to(100.0 * executed_flops / step.median / 1e6 / peak_all, 1);
+    }
     if (gen_tokens > 0) {
         out["caption_ms_median"] = bench::round_to(caption.median, 2);
         out["gen_tokens_per_s"] = bench::round_to(static_cast<double>(gen_tokens) / caption.median * 1e3, 1);
@@ -286,16 +337,25 @@ inline int run_bench(int argc, char** argv) {
         {"model", format("preset %s, %s parameters", preset_name.c_str(), format_count(params).c_str())},
         {"shapes", format("batch %lld, %lld x %lld images, %lld positions", static_cast<long long>(batch),
                           static_cast<long long>(S), static_cast<long long>(S), static_cast<long long>(T))},
-        {"threads", std::to_string(threads)},
+        {"threads", team.size() > 1 ? format("%d per rank", threads) : std::to_string(threads)},
+        {"parallel mode", team.mode()},
         {"training step", format("%.1f ms median, %.1f ms min (%lld steps after %lld warm-up)", step.median,
                                  step.min, static_cast<long long>(steps), static_cast<long long>(warmup))},
         {"throughput", format("%.0f tokens/s, %.1f GFLOP/s of %.1f GFLOP/step", batch * T / step.median * 1e3,
                               gflops, train_flops / 1e9)},
-        {"FMA peak", format("%.0f GFLOP/s per core, %.0f on %d threads: %.1f%% reached", peak_core, peak_all,
-                            threads, 100.0 * gflops / peak_all)},
-        {"executed", format("%.1f GFLOP/step really computed (%.1f GFLOP/s, %.1f%% of peak)", executed_flops / 1e9,
-                            executed_flops / step.median / 1e6, 100.0 * executed_flops / step.median / 1e6 / peak_all)},
     };
+    if (measure_peak) {
+        rows.push_back({"FMA peak", format("%.0f GFLOP/s per core, %.0f on %d threads: %.1f%% reached", peak_core,
+                                           peak_all, threads, 100.0 * gflops / peak_all)});
+        rows.push_back({"executed", format("%.1f GFLOP/step really computed (%.1f GFLOP/s, %.1f%% of peak)",
+                                           executed_flops / 1e9, executed_flops / step.median / 1e6,
+                                           100.0 * executed_flops / step.median / 1e6 / peak_all)});
+    } else {
+        rows.push_back({"communication", format("%.1f ms median per step (%.1f%% of the step), %.1f MB of gradients",
+                                                comm.median, 100.0 * comm.median / step.median,
+                                                static_cast<double>(team.gradient_bytes_per_step()) / 1e6)});
+        rows.push_back({"all-reduce alone", format("%.1f ms median (every rank starting together)", reduce_alone.median)});
+    }
     if (gen_tokens > 0)
         rows.push_back({"caption", format("%.1f ms median for %lld tokens (%.0f tokens/s)", caption.median,
                                           static_cast<long long>(gen_tokens), gen_tokens / caption.median * 1e3)});

@@ -154,10 +154,10 @@ inline const std::vector<ModelFlag>& model_flag_table() {
         {{"--image-size", "S", "images are resized to S x S (a multiple of --patch)"}, {"vision.image_size"}},
         {{"--patch", "P", "ViT patch size"}, {"vision.patch_size"}},
         {{"--vit-dim", "D", "ViT width"}, {"vision.dim"}},
-        {{"--vit-blocks", "N", "ViT encoder blocks"}, {"vision.n_blocks"}, 0},
+        {{"--vit-blocks", "N", "ViT encoder blocks"}, {"vision.n_blocks"}},
         {{"--heads", "H", "attention heads, in the ViT and the decoder"}, {"vision.n_heads", "decoder.n_head"}},
         {{"--n-embd", "C", "decoder width"}, {"decoder.n_embd"}},
-        {{"--n-layer", "N", "decoder blocks"}, {"decoder.n_layer"}, 0},
+        {{"--n-layer", "N", "decoder blocks"}, {"decoder.n_layer"}},
         {{"--experts", "E", "experts per MoE layer"}, {"decoder.num_experts"}},
         {{"--top-k", "K", "experts each token is routed to"}, {"decoder.top_k"}},
         {{"--dropout", "X", "dropout in the ViT, projector and decoder"}, {"vision.dropout", "decoder.dropout"}, 0, 0.95},
@@ -177,6 +177,27 @@ inline std::vector<FlagSpec> model_flags() {
 // "vision.dim" for a field of section "vision"; "visual_tokens" for a top-level one.
 inline std::string field_path(const char* section, const char* name) {
     return *section ? std::string(section) + "." + name : std::string(name);
+}
+
+// Checks `m` with the library's one validation (seemoe::nn::find_config_issue, or
+// find_decoder_issue for a text model) and reports a
+// problem by the flag that sets the field ("--n-layer: decoder.n_layer must be at least 1, got
+// 0"), or by the field alone when no flag sets it. `extra` adds flags of one command (bench's
+// --vocab) as {flag, field} pairs.
+inline void check_model_config(const Args& args, const VLMConfig& m,
+                               const std::vector<std::pair<std::string, std::string>>& extra = {},
+                               bool text_only = false) {
+    // A text model is the decoder alone: only its fields are checked.
+    const seemoe::nn::ConfigIssue issue =
+        text_only ? seemoe::nn::find_decoder_issue(m.decoder, "decoder.") : seemoe::nn::find_config_issue(m);
+    if (!issue) return;
+    std::string flag;
+    for (const ModelFlag& f : model_flag_table())
+        if (std::find(f.fields.begin(), f.fields.end(), issue.field) != f.fields.end()) flag = f.spec.name;
+    for (const auto& [name, field] : extra)
+        if (field == issue.field) flag = name;
+    throw CliError((flag.empty() ? "" : flag + ": ") + issue.field + " " + issue.problem,
+                   "pick sizes that fit (see 'seemoe " + args.command() + " --help')");
 }
 
 // Overrides `m` with the model-size flags present in `args`, then checks the result so that a bad
@@ -206,25 +227,7 @@ inline void apply_model_flags(const Args& args, VLMConfig& m, bool text_only = f
         });
     }
 
-    const std::string fix = "pick sizes that fit (see 'seemoe " + args.command() + " --help')";
-    if (!text_only && m.vision.image_size % m.vision.patch_size != 0)
-        throw CliError(format("--image-size %lld is not a multiple of --patch %lld",
-                              static_cast<long long>(m.vision.image_size),
-                              static_cast<long long>(m.vision.patch_size)),
-                       fix);
-    if (!text_only && m.vision.dim % m.vision.n_heads != 0)
-        throw CliError(format("--vit-dim %lld is not divisible by --heads %lld",
-                              static_cast<long long>(m.vision.dim), static_cast<long long>(m.vision.n_heads)),
-                       fix);
-    if (m.decoder.n_embd % m.decoder.n_head != 0)
-        throw CliError(format("--n-embd %lld is not divisible by --heads %lld",
-                              static_cast<long long>(m.decoder.n_embd),
-                              static_cast<long long>(m.decoder.n_head)),
-                       fix);
-    if (m.decoder.top_k > m.decoder.num_experts)
-        throw CliError(format("--top-k %lld is more than --experts %lld", static_cast<long long>(m.decoder.top_k),
-                              static_cast<long long>(m.decoder.num_experts)),
-                       fix);
+    check_model_config(args, m, {}, text_only);
 }
 
 // The config for the run table: one row per section ("vision", "decoder", "model"), each field
