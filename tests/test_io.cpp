@@ -503,7 +503,7 @@ TEST_CASE("safetensors: corrupt files throw an Error naming the file and the pro
 
     SECTION("missing file") {
         CHECK_THROWS_WITH(seemoe::io::load_safetensors(dir.file("nope.safetensors")),
-                          Catch::Contains("nope.safetensors': cannot open"));
+                          Catch::Contains("cannot open '") && Catch::Contains("nope.safetensors'"));
     }
     SECTION("file too short") {
         CHECK_THROWS_WITH(load_bytes(bytes_of("\x10\0\0\0")),

@@ -176,6 +176,7 @@ inline int run_bench(int argc, char** argv, Team& team) {
     m.vision.image_size = args.get_int("--img", m.vision.image_size, 1);
     apply_model_flags(args, m);  // --image-size (wins over --img), --patch, ... and their checks
     m.decoder.vocab_size = args.get_int("--vocab", 66, 3);
+    check_model_config(args, m, {{"--vocab", "decoder.vocab_size"}});
     const Index batch = args.get_int("--batch", 16, 1);
     const Index text_len = args.get_int("--text-len", 32, 1);
     const Index steps = args.get_int("--steps", 10, 1);

@@ -24,6 +24,8 @@ inline const std::vector<FlagSpec>& eval_flags() {
         {"--text", "FILE", "text models: the text whose last 10% is scored (default: the one it was trained on)"},
         {"--batch", "N", "images (text: windows) per evaluation batch (default: 64)"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores)"},
+        {"--allow-outside-paths", nullptr,
+         "let captions.csv name images outside the data folder (absolute paths, '..', symlinks out)"},
     };
     return flags;
 }
@@ -115,7 +117,7 @@ inline int run_eval(int argc, char** argv) {
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
 
     Checkpoint ck = load_checkpoint(args.get("--model", ""));
-    const CaptionDataset ds = load_split(data_path, split, ck.model.config.vision.image_size);
+    const CaptionDataset ds = load_split(data_path, split, ck.model.config.vision.image_size, args.flag("--allow-outside-paths"));
     if (ds.empty())
         throw CliError(data_path + " has no " + seemoe::data::split_name(split) + " rows",
                        "choose another --split, or add rows with that split to captions.csv");

@@ -53,6 +53,10 @@ inline std::string data_hint(const std::string& message) {
     if (has("vocabulary"))
         return "the model's vocabulary lacks that character: evaluate on captions written with the "
                "characters it was trained on, or train a model on this data";
+    if (has("outside the data folder") || has("the path is absolute"))
+        return "keep the images inside the data folder and name them relative to it, or pass "
+               "--allow-outside-paths if you trust this captions.csv";
+    if (has("not valid UTF-8")) return "save captions.csv as UTF-8";
     if (has(", image "))
         return "replace that image with a readable PNG/JPEG/BMP/GIF/TGA file, or remove its row from "
                "captions.csv";
@@ -60,10 +64,11 @@ inline std::string data_hint(const std::string& message) {
 }
 
 // The rows of one split, images resized to image_size; errors carry a hint.
-inline CaptionDataset load_split(const std::string& path, Split split, Index image_size) {
+inline CaptionDataset load_split(const std::string& path, Split split, Index image_size, bool allow_outside_paths) {
     seemoe::data::DatasetOptions options;
     options.split = split;
     options.image_size = static_cast<int>(image_size);
+    options.allow_outside_paths = allow_outside_paths;
     try {
         return CaptionDataset::load(path, options);
     } catch (const seemoe::Error& e) {

@@ -16,10 +16,12 @@
 // (distributed.hpp): `mpirun -np 4 seemoe train ...` trains data parallel; rank 0 alone prints.
 // A failure every rank agreed on is reported once and every rank exits 2; a failure on one rank
 // alone ends the whole job (MPI_Abort with code 2) so that no rank waits forever.
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
 
@@ -99,6 +101,8 @@ int run(int argc, char** argv, cli::Team& team) {
         return report_alone(team, e.what(), "see 'seemoe --help'");
     } catch (const std::filesystem::filesystem_error& e) {
         return report_alone(team, e.what(), "check the paths and their permissions");
+    } catch (const std::bad_alloc&) {
+        return report_alone(team, "out of memory", "choose smaller model sizes, batch or images");
     } catch (const std::exception& e) {
         return report_alone(team, std::string("internal error: ") + e.what(), "please report this with the command line");
     }
@@ -107,6 +111,9 @@ int run(int argc, char** argv, cli::Team& team) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // A write past the file-size limit (ulimit -f) then fails with EFBIG, which the writer reports
+    // and cleans up after, instead of SIGXFSZ killing the program half way through a checkpoint.
+    std::signal(SIGXFSZ, SIG_IGN);
 #ifdef SEEMOE_WITH_MPI
     if (cli::started_by_mpi_launcher()) {
         std::optional<seemoe::dist::Environment> mpi;

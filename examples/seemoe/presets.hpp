@@ -14,6 +14,7 @@
 #pragma once
 
 #include <algorithm>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -133,6 +134,11 @@ inline Preset make_preset(const std::string& name) {
     return p;
 }
 
+// "vision.dim" for a field of section "vision"; "visual_tokens" for a top-level one.
+inline std::string field_path(const char* section, const char* name) {
+    return *section ? std::string(section) + "." + name : std::string(name);
+}
+
 // The model-size flags. Each sets one or more fields of the config, named as in
 // seemoe::nn::for_each_field ("section.name"); its value is checked against [min, max]. This
 // table is both `train --help` and the parser.
@@ -154,10 +160,10 @@ inline const std::vector<ModelFlag>& model_flag_table() {
         {{"--image-size", "S", "images are resized to S x S (a multiple of --patch)"}, {"vision.image_size"}},
         {{"--patch", "P", "ViT patch size"}, {"vision.patch_size"}},
         {{"--vit-dim", "D", "ViT width"}, {"vision.dim"}},
-        {{"--vit-blocks", "N", "ViT encoder blocks"}, {"vision.n_blocks"}, 0},
+        {{"--vit-blocks", "N", "ViT encoder blocks"}, {"vision.n_blocks"}},
         {{"--heads", "H", "attention heads, in the ViT and the decoder"}, {"vision.n_heads", "decoder.n_head"}},
         {{"--n-embd", "C", "decoder width"}, {"decoder.n_embd"}},
-        {{"--n-layer", "N", "decoder blocks"}, {"decoder.n_layer"}, 0},
+        {{"--n-layer", "N", "decoder blocks"}, {"decoder.n_layer"}},
         {{"--experts", "E", "experts per MoE layer"}, {"decoder.num_experts"}},
         {{"--top-k", "K", "experts each token is routed to"}, {"decoder.top_k"}},
         {{"--dropout", "X", "dropout in the ViT, projector and decoder"}, {"vision.dropout", "decoder.dropout"}, 0, 0.95},
@@ -165,6 +171,21 @@ inline const std::vector<ModelFlag>& model_flag_table() {
          {"visual_tokens"}},
         {{"--block-size", "N", "decoder positions (visual tokens + caption + 1; for text, the window)"}, {"decoder.block_size"}, 2},
     };
+    // A field name that for_each_field does not know would make its flag do nothing: refuse it
+    // the first time the table is used (every `seemoe train` and the CLI tests use it).
+    static const bool checked = [] {
+        VLMConfig config;
+        for (const ModelFlag& f : table)
+            for (const std::string& wanted : f.fields) {
+                bool found = false;
+                seemoe::nn::for_each_field(config, [&](const char* section, const char* name, const auto&) {
+                    found = found || field_path(section, name) == wanted;
+                });
+                if (!found) throw std::logic_error(std::string(f.spec.name) + " names no config field: " + wanted);
+            }
+        return true;
+    }();
+    (void)checked;
     return table;
 }
 
@@ -174,9 +195,25 @@ inline std::vector<FlagSpec> model_flags() {
     return specs;
 }
 
-// "vision.dim" for a field of section "vision"; "visual_tokens" for a top-level one.
-inline std::string field_path(const char* section, const char* name) {
-    return *section ? std::string(section) + "." + name : std::string(name);
+// Checks `m` with the library's one validation (seemoe::nn::find_config_issue, or
+// find_decoder_issue for a text model) and reports a
+// problem by the flag that sets the field ("--n-layer: decoder.n_layer must be at least 1, got
+// 0"), or by the field alone when no flag sets it. `extra` adds flags of one command (bench's
+// --vocab) as {flag, field} pairs.
+inline void check_model_config(const Args& args, const VLMConfig& m,
+                               const std::vector<std::pair<std::string, std::string>>& extra = {},
+                               bool text_only = false) {
+    // A text model is the decoder alone: only its fields are checked.
+    const seemoe::nn::ConfigIssue issue =
+        text_only ? seemoe::nn::find_decoder_issue(m.decoder, "decoder.") : seemoe::nn::find_config_issue(m);
+    if (!issue) return;
+    std::string flag;
+    for (const ModelFlag& f : model_flag_table())
+        if (std::find(f.fields.begin(), f.fields.end(), issue.field) != f.fields.end()) flag = f.spec.name;
+    for (const auto& [name, field] : extra)
+        if (field == issue.field) flag = name;
+    throw CliError((flag.empty() ? "" : flag + ": ") + issue.field + " " + issue.problem,
+                   "pick sizes that fit (see 'seemoe " + args.command() + " --help')");
 }
 
 // Overrides `m` with the model-size flags present in `args`, then checks the result so that a bad
@@ -206,25 +243,7 @@ inline void apply_model_flags(const Args& args, VLMConfig& m, bool text_only = f
         });
     }
 
-    const std::string fix = "pick sizes that fit (see 'seemoe " + args.command() + " --help')";
-    if (!text_only && m.vision.image_size % m.vision.patch_size != 0)
-        throw CliError(format("--image-size %lld is not a multiple of --patch %lld",
-                              static_cast<long long>(m.vision.image_size),
-                              static_cast<long long>(m.vision.patch_size)),
-                       fix);
-    if (!text_only && m.vision.dim % m.vision.n_heads != 0)
-        throw CliError(format("--vit-dim %lld is not divisible by --heads %lld",
-                              static_cast<long long>(m.vision.dim), static_cast<long long>(m.vision.n_heads)),
-                       fix);
-    if (m.decoder.n_embd % m.decoder.n_head != 0)
-        throw CliError(format("--n-embd %lld is not divisible by --heads %lld",
-                              static_cast<long long>(m.decoder.n_embd),
-                              static_cast<long long>(m.decoder.n_head)),
-                       fix);
-    if (m.decoder.top_k > m.decoder.num_experts)
-        throw CliError(format("--top-k %lld is more than --experts %lld", static_cast<long long>(m.decoder.top_k),
-                              static_cast<long long>(m.decoder.num_experts)),
-                       fix);
+    check_model_config(args, m, {}, text_only);
 }
 
 // The config for the run table: one row per section ("vision", "decoder", "model"), each field

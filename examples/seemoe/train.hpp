@@ -16,11 +16,15 @@
 // progress and --resume: its loop is run_text_train in train_text.hpp.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <limits>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -115,17 +119,51 @@ inline Json settings_to_json(const TrainSettings& s) {
     return j;
 }
 
+// What is wrong with a run's settings (the flags' ranges, and sane ranges for the fields no flag
+// sets), or "" if nothing is: stored settings are checked like flags.
+inline std::string settings_problem(const TrainSettings& s) {
+    std::string problem;
+    for_each_setting(s, [&](const char* name, const auto& field, const SettingFlag* flag) {
+        using Field = std::decay_t<decltype(field)>;
+        if (!problem.empty() || !flag) return;
+        // The same ranges as the flag's parser: integers have a minimum, numbers [min, max].
+        if constexpr (std::is_same_v<Field, Index>) {
+            if (field < static_cast<Index>(flag->min))
+                problem = format("field %s is %lld, less than %s allows (%g)", name, static_cast<long long>(field),
+                                 flag->spec.name, flag->min);
+        } else if constexpr (std::is_same_v<Field, double>) {
+            if (!(field >= flag->min && field <= flag->max))
+                problem = format("field %s is %g, outside the range of %s [%g, %g]", name, field, flag->spec.name,
+                                 flag->min, flag->max);
+        }
+    });
+    if (!problem.empty()) return problem;
+    if (s.data.empty()) return "field data is empty";
+    if (!(s.min_lr_ratio >= 0 && s.min_lr_ratio <= 1)) return format("field min_lr_ratio %g is not in [0, 1]", s.min_lr_ratio);
+    if (!(s.weight_decay >= 0 && s.weight_decay <= 1)) return format("field weight_decay %g is not in [0, 1]", s.weight_decay);
+    if (!(s.grad_clip > 0 && s.grad_clip <= 1e6)) return format("field grad_clip %g is not in (0, 1e6]", s.grad_clip);
+    if (s.warmup > s.steps) return "field warmup is larger than steps";
+    return "";
+}
+
+// The settings from their JSON: every field present with the right type, then checked.
 inline TrainSettings settings_from_json(const Json& j) {
     TrainSettings s;
     for_each_setting(s, [&](const char* name, auto& field, const SettingFlag*) {
         if (text_only_setting(name) && !j.contains(name)) return;  // saved before text runs existed
-        const Json& value = j.at(name);
-        using Field = std::decay_t<decltype(field)>;
-        if constexpr (std::is_same_v<Field, std::string>) field = value.as_string();
-        else if constexpr (std::is_same_v<Field, std::uint64_t>) field = std::stoull(value.as_string());
-        else if constexpr (std::is_same_v<Field, double>) field = value.as_double();
-        else field = value.as_int();
+        try {
+            const Json& value = j.at(name);
+            using Field = std::decay_t<decltype(field)>;
+            if constexpr (std::is_same_v<Field, std::string>) field = value.as_string();
+            else if constexpr (std::is_same_v<Field, std::uint64_t>) field = seemoe::nn::parse_u64(value.as_string());
+            else if constexpr (std::is_same_v<Field, double>) field = value.as_double();
+            else field = value.as_int();
+        } catch (const seemoe::Error& e) {
+            throw seemoe::Error(std::string("field ") + name + ": " + e.what());
+        }
     });
+    const std::string problem = settings_problem(s);
+    if (!problem.empty()) throw seemoe::Error(problem);
     return s;
 }
 
@@ -171,6 +209,10 @@ inline std::vector<FlagSpec> run_flags() {
         {"--resume", nullptr, "continue the run in --out (its settings; flags given here override them)"},
         {"--force", nullptr, "start afresh even if --out already holds a run (its files are replaced)"},
         {"--stop-at", "N", "end this run after step N with a checkpoint; finish later with --resume"},
+        {"--max-bad-steps", "N",
+         "stop after N steps in a row with a non-finite loss or gradient (each is skipped; default 5)"},
+        {"--allow-outside-paths", nullptr,
+         "let captions.csv name images outside the data folder (absolute paths, '..', symlinks out)"},
     };
     TrainSettings defaults;
     for_each_setting(defaults, [&](const char*, const auto&, const SettingFlag* flag) {
@@ -228,6 +270,14 @@ struct RunFiles {
 inline void save_checkpoint(const RunFiles& files, Model& model, const seemoe::AdamW<float>& optimizer, Index step,
                             const Rng& rng, const CharTokenizer& tokenizer, const TrainSettings& settings) {
     const std::string hint = "check that --out is writable and the disk has space";
+    // The numerical guard skips non-finite steps, so this cannot fire; checked all the same,
+    // because a NaN in a checkpoint would poison every run resumed from it.
+    for (const auto& [name, p] : model.named_parameters())
+        for (Index i = 0; i < p.numel(); ++i)
+            if (!std::isfinite(p.data()[i]))
+                throw CliError("parameter " + name + " is not finite at step " + std::to_string(step) +
+                                   "; no checkpoint written",
+                               "resume from the last checkpoint with a lower --lr");
     // Model first: a crash between the two writes leaves a newer model than state, which resume
     // detects by comparing their steps.
     with_hint(hint, [&] {
@@ -243,7 +293,9 @@ inline void save_checkpoint(const RunFiles& files, Model& model, const seemoe::A
 inline void truncate_metrics(const fs::path& path, Index step) {
     std::error_code ec;
     if (!fs::exists(path, ec)) return;
-    std::ifstream in(path);
+    // read_file: a FIFO or a directory named metrics.jsonl is refused instead of blocking.
+    std::istringstream in(with_hint("remove or rename " + path.string() + " (it should be a regular file)",
+                                    [&] { return seemoe::io::read_file(path.string()); }));
     std::string line, kept;
     while (std::getline(in, line)) {
         try {
@@ -255,7 +307,6 @@ inline void truncate_metrics(const fs::path& path, Index step) {
             // a line cut short by a crash: drop it
         }
     }
-    in.close();
     with_hint("check that --out is writable and the disk has space",
               [&] { seemoe::io::write_file_atomic(path.string(), kept); });
 }
@@ -359,10 +410,13 @@ BasicRunState<ModelType> restore_checkpoint(const Args& args, const RunFiles& fi
                               files.model.string().c_str(), static_cast<long long>(ck.step),
                               files.state.string().c_str(), static_cast<long long>(run.start_step)),
                        "start afresh with --force");
-    const auto stored = seemoe::io::load_safetensors<float>(files.state.string()).metadata;
+    const auto stored = with_hint(hint, [&] { return seemoe::io::load_safetensors<float>(files.state.string()).metadata; });
     const auto train_json = stored.find("train");
     if (train_json == stored.end()) throw CliError(files.state.string() + " lacks the run's settings", hint);
-    run.settings = with_hint(hint, [&] { return settings_from_json(Json::parse(train_json->second)); });
+    run.settings = with_hint(hint, [&] {
+        return seemoe::nn::parse_metadata(files.state.string(), "metadata 'train'",
+                                          [&] { return settings_from_json(Json::parse(train_json->second)); });
+    });
     apply_setting_flags(args, run.settings);
     return run;
 }
@@ -380,10 +434,10 @@ inline RunState restore_run(const Args& args, const RunFiles& files) {
 
 // The three splits, the vocabulary and their batchers. Not movable: batchers point into the sets.
 struct TrainData {
-    TrainData(const std::string& path, Index image_size, Index batch)
-        : train(load_split(path, Split::train, image_size)),
-          val(load_split(path, Split::val, image_size)),
-          test(load_split(path, Split::test, image_size)) {
+    TrainData(const std::string& path, Index image_size, Index batch, bool allow_outside_paths)
+        : train(load_split(path, Split::train, image_size, allow_outside_paths)),
+          val(load_split(path, Split::val, image_size, allow_outside_paths)),
+          test(load_split(path, Split::test, image_size, allow_outside_paths)) {
         if (train.empty())
             throw CliError(path + " has no rows with split 'train'", "mark training rows with split = train in captions.csv");
         // Every character of every split, so val and test captions can be encoded and scored.
@@ -470,31 +524,102 @@ inline Index target_count(const seemoe::data::Batch& batch) {
     return tokens;
 }
 
+// Steps whose gradient gets a NaN on purpose, from the environment variable SEEMOE_INJECT_NAN
+// ("3,4,5"): the fault-injection hook the tests use to exercise the numerical guard.
+inline std::vector<Index> injected_nan_steps() {
+    std::vector<Index> steps;
+    const char* text = std::getenv("SEEMOE_INJECT_NAN");
+    if (!text) return steps;
+    std::istringstream in(text);
+    std::string item;
+    while (std::getline(in, item, ','))
+        if (!item.empty()) steps.push_back(std::strtoll(item.c_str(), nullptr, 10));
+    return steps;
+}
+
+struct StepResult {
+    TeamLoss total;        // the global batch's mean loss (before the update) and target count
+    bool skipped = false;  // the loss or the gradient was not finite: nothing was updated
+};
+
 // One optimisation step, the loop body of llm.c or nanoGPT: forward and loss (compute_loss(),
 // the model's mean loss over this step's `targets` targets), backward, clip the global gradient
-// norm, AdamW at the step's learning rate. Returns the loss (before the update) and the target
-// count of the global batch; a loss that is not finite stops the run before it can spoil the
-// weights. Image and text runs share it. With a team of several ranks compute_loss() covers this
-// rank's slice of the global batch: its loss is scaled by its share of the targets and the
-// gradients are averaged over the ranks before clipping, so every rank steps with the gradient
-// of the whole global batch (team.hpp, distributed.hpp).
+// norm, AdamW at the step's learning rate. Image and text runs share it. With a team of several
+// ranks compute_loss() covers this rank's slice of the global batch: its loss is scaled by its
+// share of the targets and the gradients are averaged over the ranks before clipping, so every
+// rank steps with the gradient of the whole global batch (team.hpp, distributed.hpp).
+// The numerical guard: if the team's loss or the gradient norm is not finite, the step is skipped
+// (no update, gradients dropped), so a NaN never reaches the weights, the moments or a
+// checkpoint; every rank sees the same loss and norm, so all skip together. NumericalGuard
+// counts such steps.
 template <typename ComputeLoss>
-TeamLoss train_step(ComputeLoss&& compute_loss, Index targets, seemoe::AdamW<float>& optimizer,
-                    const std::vector<Tensor<float>>& params, double lr, double grad_clip, Index step, Team& team) {
+StepResult train_step(ComputeLoss&& compute_loss, Index targets, seemoe::AdamW<float>& optimizer,
+                      const std::vector<Tensor<float>>& params, double lr, double grad_clip, Team& team,
+                      bool inject_nan = false) {
     optimizer.set_lr(lr);
     optimizer.zero_grad();
     Tensor<float> loss = compute_loss();  // ()
-    const TeamLoss total = team.reduce_loss(loss.item(), targets);
-    if (!std::isfinite(total.mean))  // the same verdict on every rank: they all see the team's loss
-        throw AgreedError(format("training diverged at step %lld (loss %g)", static_cast<long long>(step), total.mean),
-                          "lower --lr, or resume from the last checkpoint with a lower --lr", team.leader());
-    if (total.scale != 1.0) loss = seemoe::mul(loss, static_cast<float>(total.scale));  // ()
+    StepResult result;
+    result.total = team.reduce_loss(loss.item(), targets);
+    if (!std::isfinite(result.total.mean)) {
+        result.skipped = true;
+        return result;
+    }
+    if (result.total.scale != 1.0) loss = seemoe::mul(loss, static_cast<float>(result.total.scale));  // ()
     loss.backward();
     team.reduce_gradients();
-    seemoe::clip_grad_norm(params, grad_clip);
+    if (inject_nan && !params.empty() && params.front().has_grad())
+        params.front().node()->grad->data()[0] = std::numeric_limits<float>::quiet_NaN();
+    const double norm = seemoe::clip_grad_norm(params, grad_clip);
+    if (!std::isfinite(norm)) {
+        optimizer.zero_grad();
+        result.skipped = true;
+        return result;
+    }
     optimizer.step();
-    return total;
-}
+    return result;}
+
+// Counts the steps train_step skipped; after `max_in_a_row` in a row (--max-bad-steps) the run
+// stops with a message (the weights and the last checkpoint are still finite). Also knows the
+// steps SEEMOE_INJECT_NAN poisons.
+class NumericalGuard {
+public:
+    explicit NumericalGuard(Index max_in_a_row) : max_in_a_row_(max_in_a_row), inject_(injected_nan_steps()) {}
+
+    bool poison(Index step) const { return std::find(inject_.begin(), inject_.end(), step) != inject_.end(); }
+
+    // Counts a step; true when the run must stop.
+    bool count(bool skipped) {
+        if (!skipped) {
+            in_a_row_ = 0;
+            return false;
+        }
+        ++in_a_row_;
+        ++total_;
+        return in_a_row_ >= max_in_a_row_;
+    }
+
+    // A skipped step: marked in its metrics row and printed.
+    void report(Index step, const StepResult& result, Json& row, Progress& progress) const {
+        row["skipped"] = true;
+        progress.newline();
+        std::printf("step %lld skipped: non-finite %s (%lld in a row, %lld in this run)\n", static_cast<long long>(step),
+                    std::isfinite(result.total.mean) ? "gradient" : "loss", static_cast<long long>(in_a_row_),
+                    static_cast<long long>(total_));
+    }
+
+    AgreedError stop_error(Index step, bool leader) const {
+        return AgreedError(format("training stopped at step %lld: %lld steps in a row had a non-finite loss or "
+                                  "gradient (each was skipped; the weights and the last checkpoint are finite)",
+                                  static_cast<long long>(step), static_cast<long long>(in_a_row_)),
+                           "resume from the last checkpoint with a lower --lr (or raise --max-bad-steps)", leader);
+    }
+
+private:
+    Index max_in_a_row_;
+    std::vector<Index> inject_;
+    Index in_a_row_ = 0, total_ = 0;
+};
 
 // Caption tokens per second for the progress line: a running mean of step time and tokens over
 // the first 20 steps, then an exponential one that follows changes.
@@ -597,7 +722,7 @@ inline Rng rank_step_rng(std::uint64_t seed, Index step, int rank) {
 
 // `seemoe train --text FILE` (and --resume of such a run): the text-only loop, in train_text.hpp.
 inline int run_text_train(const Args& args, const Preset& preset, const RunFiles& files, Index stop_at,
-                          const Stopwatch& wall, Team& team);
+                          Index max_bad_steps, const Stopwatch& wall, Team& team);
 
 inline int run_train(int argc, char** argv, Team& team) {
     Args args("train", train_flags(), argc, argv, 2);
@@ -611,6 +736,7 @@ inline int run_train(int argc, char** argv, Team& team) {
     const Preset preset = make_preset(args.get_choice("--preset", args.has("--text") ? "makemoe" : "demo", preset_names()));
     const RunFiles files(args.get("--out", "runs/" + preset.name));
     const Index stop_at = args.get_int("--stop-at", 0, 1);
+    const Index max_bad_steps = args.get_int("--max-bad-steps", 5, 1);
     if (args.flag("--resume") && args.flag("--force"))
         throw CliError("--resume and --force contradict each other", "pass one of them");
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
@@ -622,7 +748,7 @@ inline int run_train(int argc, char** argv, Team& team) {
     if (!text && preset.text && !args.flag("--resume"))
         throw CliError("--preset " + preset.name + " trains a text-only model and needs --text FILE",
                        "pass --text FILE (e.g. tinyshakespeare.txt; see README 'Text only (makeMoE)')");
-    if (text) return run_text_train(args, preset, files, stop_at, wall, team);
+    if (text) return run_text_train(args, preset, files, stop_at, max_bad_steps, wall, team);
 
     // ---- check everything: settings, checkpoint, data, model; nothing is written yet ----------
     // With several ranks, a failure on any of them stops all of them here, with its message.
@@ -632,7 +758,8 @@ inline int run_train(int argc, char** argv, Team& team) {
         run = args.flag("--resume") ? restore_run(args, files) : new_run(args, preset, files);
         VLMConfig config = run.resumed ? run.model.config : preset.model;
         if (!run.resumed) apply_model_flags(args, config);
-        loaded = std::make_unique<const TrainData>(run.settings.data, config.vision.image_size, run.settings.batch);
+        loaded = std::make_unique<const TrainData>(run.settings.data, config.vision.image_size, run.settings.batch,
+                                                   args.flag("--allow-outside-paths"));
         prepare_model(config, files, *loaded, run);
         if (loaded->batch_size < team.size())
             throw CliError(format("a batch of %lld images cannot give each of the %d ranks one",
@@ -667,6 +794,7 @@ inline int run_train(int argc, char** argv, Team& team) {
     ThroughputMeter meter;
     model.train();
 
+    NumericalGuard guard(max_bad_steps);
     for (Index step = run.start_step + 1; step <= end_step; ++step) {
         Stopwatch step_clock;
         // Step s (from 0) takes batch s of the (seed, epoch) shuffle, so --resume continues exactly.
@@ -676,14 +804,18 @@ inline int run_train(int argc, char** argv, Team& team) {
         const double lr = schedule.lr_at(step - 1);
         Rng rank_rng = rank_step_rng(settings.seed, step, team.rank());
         Rng& rng = team.leader() ? run.rng : rank_rng;
-        const TeamLoss result =
+        const StepResult result =
             train_step([&] { return model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng); },
-                       target_count(batch), optimizer, params, lr, settings.grad_clip, step, team);
-        const float loss = static_cast<float>(result.mean);
-        if (!team.leader()) continue;  // the leader alone reports, evaluates and saves
+                       target_count(batch), optimizer, params, lr, settings.grad_clip, team, guard.poison(step));
+        const float loss = static_cast<float>(result.total.mean);
+        const bool stop = guard.count(result.skipped);  // on every rank: the verdict is the team's
+        if (!team.leader()) {
+            if (stop) throw guard.stop_error(step, false);
+            continue;  // the leader alone reports, evaluates and saves
+        }
 
         const double dt = step_clock.seconds();
-        const Index tokens = result.targets;
+        const Index tokens = result.total.targets;
         meter.add(dt, tokens);
         progress.step(step, settings.steps, loss, lr, meter.tokens_per_second(),
                       meter.seconds_per_step() * static_cast<double>(end_step - step), step == end_step);
@@ -692,6 +824,12 @@ inline int run_train(int argc, char** argv, Team& team) {
         row["loss"] = loss;
         row["lr"] = lr;
         row["tokens_per_s"] = static_cast<Index>(std::lround(static_cast<double>(tokens) / std::max(dt, 1e-9)));
+        if (result.skipped) guard.report(step, result, row, progress);
+        if (stop) {
+            metrics << row.dump() << "\n";
+            metrics.flush();
+            throw guard.stop_error(step, true);
+        }
         // The last step of the whole run is measured by the final report instead.
         if (step % settings.eval_every == 0 && step != settings.steps && data.val_batcher) {
             progress.newline();

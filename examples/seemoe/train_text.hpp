@@ -79,7 +79,7 @@ inline void print_text_run_table(TextRunState& run, const TextDataset& data, con
 }
 
 inline int run_text_train(const Args& args, const Preset& preset, const RunFiles& files, Index stop_at,
-                          const Stopwatch& wall, Team& team) {
+                          Index max_bad_steps, const Stopwatch& wall, Team& team) {
     // Data parallel training is written for the image runs only (train.hpp).
     team.agree([&] {
         if (team.size() > 1)
@@ -135,15 +135,17 @@ inline int run_text_train(const Args& args, const Preset& preset, const RunFiles
     ThroughputMeter meter;
     model.train();
     double val_estimate = -1;  // the last periodic val loss
+    NumericalGuard guard(max_bad_steps);
 
     for (Index step = run.start_step + 1; step <= end_step; ++step) {
         Stopwatch step_clock;
         const TextBatch batch = data.step_windows(step - 1, settings.seed, B);  // (B, T) inputs and targets
         const double lr = schedule.lr_at(step - 1);
-        const float loss = static_cast<float>(
+        const StepResult result =
             train_step([&] { return model.loss(batch.inputs, batch.targets, B, T, run.rng); }, B * T, optimizer,
-                       params, lr, settings.grad_clip, step, team)
-                .mean);
+                       params, lr, settings.grad_clip, team, guard.poison(step));
+        const float loss = static_cast<float>(result.total.mean);
+        const bool stop = guard.count(result.skipped);
 
         const double dt = step_clock.seconds();
         meter.add(dt, B * T);
@@ -154,6 +156,12 @@ inline int run_text_train(const Args& args, const Preset& preset, const RunFiles
         row["loss"] = loss;
         row["lr"] = lr;
         row["tokens_per_s"] = static_cast<Index>(std::lround(static_cast<double>(B * T) / std::max(dt, 1e-9)));
+        if (result.skipped) guard.report(step, result, row, progress);
+        if (stop) {
+            metrics << row.dump() << "\n";
+            metrics.flush();
+            throw guard.stop_error(step, true);
+        }
         if (step % settings.eval_every == 0 || step == settings.steps) {
             val_estimate = text_loss(model, val_windows);
             progress.newline();

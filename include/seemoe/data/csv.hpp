@@ -13,13 +13,13 @@
 #pragma once
 
 #include <cstddef>
-#include <fstream>
-#include <sstream>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "../core/common.hpp"
+#include "../io/file.hpp"
 
 namespace seemoe::data {
 
@@ -161,14 +161,12 @@ inline CsvTable parse_csv(std::string_view text, const std::string& source = "<m
     return table;
 }
 
-// Reads and parses a CSV file.
+// The largest CSV file read_csv reads (a base64 CSV holds every image, so this is generous).
+inline constexpr std::uint64_t kMaxCsvBytes = std::uint64_t(1) << 30;
+
+// Reads and parses a CSV file: a regular file of at most kMaxCsvBytes (see io/file.hpp).
 inline CsvTable read_csv(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    SEEMOE_CHECK(in, "[csv] cannot open ", path);
-    std::ostringstream contents;
-    contents << in.rdbuf();
-    SEEMOE_CHECK(!in.bad(), "[csv] error while reading ", path);
-    return parse_csv(contents.str(), path);
+    return parse_csv(io::read_file(path, kMaxCsvBytes, "a CSV file", "[csv]"), path);
 }
 
 // One field, quoted when it holds a comma, a quote or a line break (quotes doubled).

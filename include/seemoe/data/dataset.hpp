@@ -14,7 +14,9 @@
 //   input_ids  (B, L)  <bos> c1 c2 ... cn <pad> ...
 //   targets    (B, L)  c1 c2 ... cn <eos> -100 ...      (-100 = kIgnoreIndex, skipped by the loss)
 // so targets are input_ids shifted left by one, and position 0 predicts the first character from
-// the image alone. L is the longest caption in the batch + 1, or a fixed max_len.
+// the image alone. L is the longest caption in the batch + 1, or a fixed max_len. Epochs run in
+// data-set order or shuffled from an Rng (start_epoch); a trainer that must resume anywhere asks
+// step_samples(step, seed) for the samples of one step.
 // Convention: a Batcher keeps a pointer to its data set and tokenizer; both must outlive it.
 #pragma once
 
@@ -31,6 +33,7 @@
 
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
+#include "../core/utf8.hpp"
 #include "base64.hpp"
 #include "csv.hpp"
 #include "image.hpp"
@@ -67,6 +70,10 @@ struct DatasetOptions {
     Split split = Split::train;                 // which rows to load
     int image_size = 32;                        // images become image_size x image_size
     ResizeMode resize = ResizeMode::automatic;  // area when shrinking, bilinear when enlarging
+    ImageLimits limits{};                       // what an image file may be (see image.hpp)
+    // Image paths must resolve (symlinks followed) inside the folder of the CSV: no absolute
+    // paths, no ".." or symlink leading out. True lifts that rule.
+    bool allow_outside_paths = false;
 };
 
 }  // namespace seemoe::data
@@ -91,6 +98,37 @@ inline std::filesystem::path caption_csv_path(const std::string& path) {
     throw Error(concat(
         "[CaptionDataset] no captions.csv in folder ", path,
         others.empty() ? std::string() : "; it holds " + others + " — pass that file's path to read it"));
+}
+
+// The file an image cell names. Relative paths are taken from `folder`; unless allow_outside, the
+// result (symlinks resolved) must lie inside `folder`, so a captions.csv cannot make us read
+// /etc/passwd or ../../secret.png.
+inline std::filesystem::path resolve_image_path(const std::filesystem::path& folder, const std::string& cell,
+                                                bool allow_outside) {
+    namespace fs = std::filesystem;
+    const fs::path file(cell);
+    if (allow_outside) return file.is_relative() ? folder / file : file;
+    SEEMOE_CHECK(file.is_relative() && !file.has_root_path(),
+                 "the path is absolute; image paths must be relative to the data folder");
+    std::error_code ec;
+    const fs::path root = fs::weakly_canonical(folder.empty() ? fs::path(".") : folder, ec);
+    SEEMOE_CHECK(!ec, "cannot resolve the data folder ", folder.string(), ": ", ec.message());
+    const fs::path target = fs::weakly_canonical(root / file, ec);
+    SEEMOE_CHECK(!ec, "cannot resolve the path: ", ec.message());
+    const fs::path inside = target.lexically_relative(root);
+    SEEMOE_CHECK(!inside.empty() && *inside.begin() != ".." && inside != ".", "the path leads to ", target.string(),
+                 ", outside the data folder ", root.string());
+    return target;
+}
+
+// Throws unless `text` is valid UTF-8; `where` names the row.
+inline void check_caption_utf8(std::string_view text, const std::string& where) {
+    for (std::size_t pos = 0; pos < text.size();) {
+        const std::size_t length = utf8_sequence_length(text, pos);
+        SEEMOE_CHECK(length > 0, "[CaptionDataset] ", where, ": the caption is not valid UTF-8 (byte ", pos + 1,
+                     " of the field); save the file as UTF-8");
+        pos += length;
+    }
 }
 
 // "data:image/png;base64,AAAA" -> "AAAA"; plain base64 is returned as is.
@@ -139,6 +177,7 @@ public:
                          ": the caption is empty");
             SEEMOE_CHECK(!table.at(r, cols.image).empty(), "[CaptionDataset] ", table.where(r), ": the ",
                          table.header[static_cast<std::size_t>(cols.image)], " field is empty");
+            detail::check_caption_utf8(table.at(r, cols.caption), table.where(r));
             rows.push_back(r);
         }
 
@@ -155,13 +194,13 @@ public:
             try {
                 Image image;
                 if (cols.base64) {
-                    image = decode_image(base64_decode(detail::strip_data_uri(cell)), "the base64 image");
+                    const std::vector<std::uint8_t> bytes = base64_decode(detail::strip_data_uri(cell));
+                    image = decode_image(bytes, "the base64 image", options.limits);
                 } else {
-                    fs::path file(cell);
-                    if (file.is_relative()) file = folder / file;
+                    const fs::path file = detail::resolve_image_path(folder, cell, options.allow_outside_paths);
                     std::error_code ec;
-                    SEEMOE_CHECK(fs::is_regular_file(file, ec), "image file ", file.string(), " not found");
-                    image = load_image(file.string());
+                    SEEMOE_CHECK(fs::exists(file, ec), "image file ", file.string(), " not found");
+                    image = load_image(file.string(), options.limits);  // regular files only
                 }
                 image = resize(image, options.image_size, options.image_size, options.resize);
                 std::copy(image.rgb.begin(), image.rgb.end(),
@@ -193,7 +232,10 @@ public:
         const Index caption = find_columns(table).caption;
         std::vector<std::string> captions;
         captions.reserve(static_cast<std::size_t>(table.num_rows()));
-        for (Index r = 0; r < table.num_rows(); ++r) captions.push_back(table.at(r, caption));
+        for (Index r = 0; r < table.num_rows(); ++r) {
+            detail::check_caption_utf8(table.at(r, caption), table.where(r));
+            captions.push_back(table.at(r, caption));
+        }
         return captions;
     }
 

@@ -9,6 +9,11 @@
 //                  is filled in place; to_tensor wraps it for one image. ImageNet mean/std by
 //                  default, as torchvision's Normalize in the original seeMoE.
 //
+// Limits (ImageLimits, checked before decoding, so a hostile or mistaken file cannot make stb_image
+// allocate gigabytes): at most 64 MiB of file bytes, 8192 pixels a side, and 256 MiB for the
+// largest buffer stb_image allocates while decoding (width * height * 4 bytes for 8-bit formats,
+// * 16 for HDR, which decodes through floats). A file over a limit is refused with its name.
+//
 // stb_image is used through its declarations only: this header never defines
 // STB_IMAGE_IMPLEMENTATION; the implementation comes from the stb library the target links
 // (Debian's libstb).
@@ -42,15 +47,34 @@ struct Image {
     std::uint8_t& at(int y, int x, int c) { return rgb[(static_cast<std::size_t>(y) * width + x) * 3 + c]; }
 };
 
+// What decode_image and load_image accept; see the header comment.
+struct ImageLimits {
+    std::uint64_t max_file_bytes = std::uint64_t(64) << 20;      // encoded bytes
+    int max_side = 8192;                                          // pixels, width and height
+    std::uint64_t max_decoded_bytes = std::uint64_t(256) << 20;  // stb_image's largest buffer
+};
+
 // Decodes an image file held in memory; `name` is used in error messages.
-inline Image decode_image(const std::uint8_t* bytes, std::size_t n, const std::string& name = "<memory>") {
+inline Image decode_image(const std::uint8_t* bytes, std::size_t n, const std::string& name = "<memory>",
+                          const ImageLimits& limits = {}) {
     SEEMOE_CHECK(n > 0, "[decode_image] ", name, ": no bytes to decode (empty file?)");
-    SEEMOE_CHECK(n <= static_cast<std::size_t>(INT_MAX), "[decode_image] ", name, ": ", n,
-                 " bytes is more than stb_image can read");
+    SEEMOE_CHECK(n <= limits.max_file_bytes && n <= static_cast<std::size_t>(INT_MAX), "[decode_image] ", name,
+                 ": ", n, " bytes is more than the ", std::min<std::uint64_t>(limits.max_file_bytes, INT_MAX),
+                 " bytes an image file may have");
     int width = 0, height = 0, channels_in_file = 0;
+    const int length = static_cast<int>(n);
+    // The size first, from the header alone, so the limits hold before stb_image allocates.
+    SEEMOE_CHECK(stbi_info_from_memory(bytes, length, &width, &height, &channels_in_file) == 1,
+                 "[decode_image] cannot decode ", name, ": ", stbi_failure_reason(),
+                 " (supported: PNG, JPEG, BMP, GIF, TGA, PSD, PNM, HDR)");
+    const std::uint64_t bytes_per_pixel = stbi_is_hdr_from_memory(bytes, length) ? 16 : 4;
+    SEEMOE_CHECK(width > 0 && height > 0 && width <= limits.max_side && height <= limits.max_side &&
+                     static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(height) * bytes_per_pixel <=
+                         limits.max_decoded_bytes,
+                 "[decode_image] ", name, " is ", width, "x", height, " pixels, more than allowed (at most ",
+                 limits.max_side, " a side and ", limits.max_decoded_bytes >> 20, " MiB decoded)");
     // Asking for 3 channels makes stb_image do the gray -> RGB and RGBA -> RGB conversions.
-    std::uint8_t* pixels =
-        stbi_load_from_memory(bytes, static_cast<int>(n), &width, &height, &channels_in_file, 3);
+    std::uint8_t* pixels = stbi_load_from_memory(bytes, length, &width, &height, &channels_in_file, 3);
     SEEMOE_CHECK(pixels != nullptr, "[decode_image] cannot decode ", name, ": ", stbi_failure_reason(),
                  " (supported: PNG, JPEG, BMP, GIF, TGA, PSD, PNM, HDR)");
     Image image;
@@ -60,14 +84,16 @@ inline Image decode_image(const std::uint8_t* bytes, std::size_t n, const std::s
     stbi_image_free(pixels);
     return image;
 }
-inline Image decode_image(const std::vector<std::uint8_t>& bytes, const std::string& name = "<memory>") {
-    return decode_image(bytes.data(), bytes.size(), name);
+inline Image decode_image(const std::vector<std::uint8_t>& bytes, const std::string& name = "<memory>",
+                          const ImageLimits& limits = {}) {
+    return decode_image(bytes.data(), bytes.size(), name, limits);
 }
 
-// Decodes an image file.
-inline Image load_image(const std::string& path) {
-    const std::string bytes = io::read_file(path);
-    return decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), path);
+// Decodes an image file: a regular file (io::read_file refuses FIFOs, directories and devices)
+// within the limits.
+inline Image load_image(const std::string& path, const ImageLimits& limits = {}) {
+    const std::string bytes = io::read_file(path, limits.max_file_bytes, "an image file");
+    return decode_image(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), path, limits);
 }
 
 // How resize samples the source.

@@ -376,20 +376,13 @@ inline void save_safetensors(const std::string& path,
 template <typename T = float>
 BasicSafetensorsFile<T> load_safetensors(const std::string& path) {
     const std::string where = "[safetensors] '" + path + "'";
-    errno = 0;
-    std::ifstream in(path, std::ios::binary);
-    SEEMOE_CHECK(in.is_open(), where, ": cannot open: ", detail::errno_text());
-    in.seekg(0, std::ios::end);
-    const std::streamoff signed_size = in.tellg();
-    SEEMOE_CHECK(signed_size >= 0, where, ": cannot tell the file size");
-    const auto file_size = static_cast<std::uint64_t>(signed_size);
+    const InputFile in(path, "[safetensors]");
+    const std::uint64_t file_size = in.size();
     SEEMOE_CHECK(file_size >= 8, where, ": file too short (", file_size,
                  " bytes) to hold the 8-byte header length");
 
-    in.seekg(0, std::ios::beg);
     unsigned char length_bytes[8];
-    in.read(reinterpret_cast<char*>(length_bytes), 8);
-    SEEMOE_CHECK(in.gcount() == 8, where, ": reading the header length failed");
+    in.read_at(0, length_bytes, 8);
     const auto header_size = detail::load_little_endian<std::uint64_t>(length_bytes);
     SEEMOE_CHECK(header_size <= file_size - 8, where, ": header length ", header_size,
                  " runs past the end of the ", file_size, "-byte file (truncated or not safetensors)");
@@ -397,9 +390,7 @@ BasicSafetensorsFile<T> load_safetensors(const std::string& path) {
                  " exceeds the limit of ", detail::kMaxHeaderBytes, " bytes");
 
     std::string header(static_cast<std::size_t>(header_size), '\0');
-    in.read(header.data(), static_cast<std::streamsize>(header_size));
-    SEEMOE_CHECK(static_cast<std::uint64_t>(in.gcount()) == header_size, where,
-                 ": reading the header failed");
+    in.read_at(8, header.data(), header.size());
     SEEMOE_CHECK(!header.empty() && header[0] == '{', where,
                  ": the header does not start with '{' (not a safetensors file?)");
     Json root;
@@ -439,16 +430,13 @@ BasicSafetensorsFile<T> load_safetensors(const std::string& path) {
     file.tensors.reserve(entries.size());
     for (const detail::TensorEntry& entry : entries) {
         Tensor<T> tensor = Tensor<T>::empty(entry.shape);
-        const auto span = static_cast<std::streamsize>(entry.end - entry.begin);
+        const auto span = static_cast<std::size_t>(entry.end - entry.begin);
         if (span > 0) {
-            in.seekg(static_cast<std::streamoff>(data_start + entry.begin), std::ios::beg);
             const bool direct = direct_ok && entry.dtype->dtype == detail::NativeDtype<T>::value;
             if (!direct) bytes.resize(static_cast<std::size_t>(span));
             char* target = direct ? reinterpret_cast<char*>(tensor.data())
                                   : reinterpret_cast<char*>(bytes.data());
-            in.read(target, span);
-            SEEMOE_CHECK(in.gcount() == span, where, ": reading tensor '", entry.name,
-                         "' failed (file changed while reading?)");
+            in.read_at(data_start + entry.begin, target, span);
             if (!direct)
                 detail::convert_elements<T>(entry.dtype->dtype, bytes.data(), tensor.numel(),
                                             tensor.data());

@@ -10,10 +10,19 @@
 //   training_state.safetensors  AdamW moments as "exp_avg.<name>" / "exp_avg_sq.<name>", plus
 //                               metadata with the step, the per-parameter step counts and the Rng
 // PyTorch reads the first with safetensors.torch.load_file (names match the PyTorch modules').
-// Loading is strict: a missing, extra or mis-shaped tensor is refused with its name, so a
+//
+//   save_model(path, model, tokenizer, step, extra)   LoadedModel m = load_model(path);
+//   save_training_state(path, model, optimizer, step, rng, extra)   load_training_state(...)
+//
+// This header is where the model meets the file formats: io/ knows safetensors and JSON, not
+// models. The config's JSON is written field by field from for_each_field (nn/vlm.hpp), in a
+// fixed order, so the same config always gives the same bytes. Loading is strict: a missing, extra or mis-shaped tensor is refused with its name, so a
 // checkpoint never half-loads into the wrong architecture.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <exception>
 #include <map>
 #include <set>
@@ -86,22 +95,53 @@ inline io::Json config_to_json(const VLMConfig& c) {
     return out;
 }
 
-// The config from its JSON; every field must be present, with the right type.
+// The config from its JSON; every field must be present, with the right type. Errors name the
+// field ("field decoder.n_layer: [json] expected number, got string"); the values are checked by
+// check_config (nn/vlm.hpp), which the callers run.
 inline VLMConfig config_from_json(const io::Json& j) {
     VLMConfig c;
+    SEEMOE_CHECK(j.is_object(), "[checkpoint] the config must be a JSON object");
     for_each_field(c, [&](const char* section, const char* name, auto& field) {
-        const io::Json& value = (*section ? j.at(section) : j).at(name);
-        using Field = std::decay_t<decltype(field)>;
-        if constexpr (std::is_same_v<Field, VisualTokens>) {
-            SEEMOE_CHECK(visual_tokens_from_name(value.as_string(), field), "[checkpoint] unknown visual_tokens '",
-                         value.as_string(), "'");
-        } else if constexpr (std::is_same_v<Field, double>) {
-            field = value.as_double();
-        } else {
-            field = value.as_int();
+        try {
+            const io::Json& value = (*section ? j.at(section) : j).at(name);
+            using Field = std::decay_t<decltype(field)>;
+            if constexpr (std::is_same_v<Field, VisualTokens>) {
+                SEEMOE_CHECK(visual_tokens_from_name(value.as_string(), field), "unknown visual_tokens '",
+                             value.as_string(), "' (expected cls or patches)");
+            } else if constexpr (std::is_same_v<Field, double>) {
+                field = value.as_double();
+            } else {
+                field = value.as_int();
+            }
+        } catch (const Error& e) {
+            throw Error(seemoe::detail::concat("field ", *section ? section : "", *section ? "." : "", name, ": ",
+                                               e.what()));
         }
     });
     return c;
+}
+
+// Runs `parse`, prefixing any Error with "[checkpoint] '<path>': <what>: ".
+template <typename Parse>
+auto parse_metadata(const std::string& path, const char* what, Parse&& parse) -> decltype(parse()) {
+    try {
+        return parse();
+    } catch (const Error& e) {
+        throw Error(seemoe::detail::concat("[checkpoint] '", path, "': ", what, ": ", e.what()));
+    }
+}
+
+// A u64 written as decimal text (JSON numbers are doubles, so u64s are stored as strings).
+inline std::uint64_t parse_u64(const std::string& text) {
+    std::uint64_t value = 0;
+    SEEMOE_CHECK(!text.empty() && text.size() <= 20, "expected an unsigned integer, got '", text, "'");
+    for (char ch : text) {
+        SEEMOE_CHECK(ch >= '0' && ch <= '9', "expected an unsigned integer, got '", text, "'");
+        const auto digit = static_cast<std::uint64_t>(ch - '0');
+        SEEMOE_CHECK(value <= (UINT64_MAX - digit) / 10, "'", text, "' is larger than 2^64 - 1");
+        value = value * 10 + digit;
+    }
+    return value;
 }
 
 // Writes `model` to `path` (atomically): every parameter under its dotted name, and in the
@@ -128,6 +168,9 @@ inline void load_parameters(const io::SafetensorsFile& file, Module<float>& mode
         SEEMOE_CHECK(stored->shape() == param.shape(), "[checkpoint] tensor '", name, "' in '", file.path,
                      "' has shape ", shape_str(stored->shape()), " but the model expects ",
                      shape_str(param.shape()));
+        // A NaN or infinity in a weight would only surface as nonsense captions: refused here.
+        SEEMOE_CHECK(std::all_of(stored->data(), stored->data() + stored->numel(), [](float v) { return std::isfinite(v); }),
+                     "[checkpoint] tensor '", name, "' in '", file.path, "' holds a NaN or an infinity");
         std::copy_n(stored->data(), param.numel(), param.data());
         used.insert(name);
     }
@@ -156,8 +199,9 @@ inline LoadedModel load_model(const std::string& path) {
     // Checkpoints written before the format entry existed are vision-language models.
     check_model_format(file.metadata, path, kModelFormat);
     LoadedModel out;
-    out.config = config_from_json(io::Json::parse(meta("config")));
-    out.tokenizer = data::CharTokenizer::from_json(meta("vocab"));
+    out.config = parse_metadata(path, "metadata 'config'", [&] { return config_from_json(io::Json::parse(meta("config"))); });
+    check_config(out.config, "[checkpoint] '" + path + "'");
+    out.tokenizer = parse_metadata(path, "metadata 'vocab'", [&] { return data::CharTokenizer::from_json(meta("vocab")); });
     SEEMOE_CHECK(out.tokenizer.vocab_size() == out.config.decoder.vocab_size, "[checkpoint] '", path, "' has ",
                  out.tokenizer.vocab_size(), " vocabulary tokens but a model for ", out.config.decoder.vocab_size);
     out.step = parse_step(meta("step"), path);
@@ -182,11 +226,15 @@ inline io::Json text_config_to_json(const DecoderConfig& c) {
 inline DecoderConfig text_config_from_json(const io::Json& j) {
     DecoderConfig c;
     for_each_decoder_field(c, [&](const char* name, auto& field) {
-        const io::Json& value = j.at("decoder").at(name);
-        if constexpr (std::is_same_v<std::decay_t<decltype(field)>, double>)
-            field = value.as_double();
-        else
-            field = value.as_int();
+        try {
+            const io::Json& value = j.at("decoder").at(name);
+            if constexpr (std::is_same_v<std::decay_t<decltype(field)>, double>)
+                field = value.as_double();
+            else
+                field = value.as_int();
+        } catch (const Error& e) {
+            throw Error(seemoe::detail::concat("field decoder.", name, ": ", e.what()));
+        }
     });
     return c;
 }
@@ -222,8 +270,10 @@ inline LoadedTextModel load_text_model(const std::string& path) {
         return it->second;
     };
     LoadedTextModel out;
-    out.config = text_config_from_json(io::Json::parse(meta("config")));
-    out.tokenizer = data::CharTokenizer::from_json(meta("vocab"));
+    out.config =
+        parse_metadata(path, "metadata 'config'", [&] { return text_config_from_json(io::Json::parse(meta("config"))); });
+    check_decoder_config(out.config, "[checkpoint] '" + path + "'", "decoder.");
+    out.tokenizer = parse_metadata(path, "metadata 'vocab'", [&] { return data::CharTokenizer::from_json(meta("vocab")); });
     SEEMOE_CHECK(out.tokenizer.vocab_size() == out.config.vocab_size, "[checkpoint] '", path, "' has ",
                  out.tokenizer.vocab_size(), " vocabulary tokens but a model for ", out.config.vocab_size);
     out.step = parse_step(meta("step"), path);
@@ -248,9 +298,9 @@ inline std::string rng_to_string(const Rng& rng) {
 
 inline void rng_from_string(Rng& rng, const std::string& text) {
     const io::Json j = io::Json::parse(text);
-    SEEMOE_CHECK(j.size() == 6, "[checkpoint] malformed rng state");
+    SEEMOE_CHECK(j.is_array() && j.size() == 6, "expected [4 words as text, has_spare, spare]");
     Rng::State s{};
-    for (int i = 0; i < 4; ++i) s.words[i] = std::stoull(j.at(static_cast<std::size_t>(i)).as_string());
+    for (int i = 0; i < 4; ++i) s.words[i] = parse_u64(j.at(static_cast<std::size_t>(i)).as_string());
     s.has_spare_normal = j.at(4).as_bool();
     s.spare_normal = j.at(5).as_double();
     rng.set_state(s);
@@ -285,22 +335,40 @@ Index load_training_state(const std::string& path, Module<float>& model, Optimiz
     SEEMOE_CHECK(state.size() == params.size(), "[checkpoint] optimiser/model mismatch while resuming");
     for (const char* key : {"step", "param_steps", "rng"})
         SEEMOE_CHECK(file.metadata.count(key), "[checkpoint] '", path, "' lacks '", key, "' in its metadata");
-    const io::Json steps = io::Json::parse(file.metadata.at("param_steps"));
-    SEEMOE_CHECK(steps.size() == params.size(), "[checkpoint] '", path, "' holds state for ", steps.size(),
-                 " parameters, the model has ", params.size());
+    const Index step = parse_step(file.metadata.at("step"), path);
+    const std::vector<Index> param_steps = parse_metadata(path, "metadata 'param_steps'", [&] {
+        const io::Json steps = io::Json::parse(file.metadata.at("param_steps"));
+        SEEMOE_CHECK(steps.is_array() && steps.size() == params.size(), "expected an array of ", params.size(),
+                     " step counts (one per parameter)");
+        std::vector<Index> out;
+        for (std::size_t i = 0; i < steps.size(); ++i) {
+            out.push_back(steps.at(i).as_int());
+            SEEMOE_CHECK(out.back() >= 0 && out.back() <= step, "entry ", i, " is ", out.back(),
+                         ", outside [0, step ", step, "]");
+        }
+        return out;
+    });
+    Rng restored(0);
+    parse_metadata(path, "metadata 'rng'", [&] { rng_from_string(restored, file.metadata.at("rng")); });
     for (std::size_t i = 0; i < params.size(); ++i) {
         for (auto [prefix, target] : {std::pair<const char*, Tensor<float>*>{"exp_avg.", &state[i].exp_avg},
                                       {"exp_avg_sq.", &state[i].exp_avg_sq}}) {
             const Tensor<float>& stored = file.at(prefix + params[i].first);
-            SEEMOE_CHECK(stored.shape() == params[i].second.shape(), "[checkpoint] '", prefix, params[i].first,
-                         "' has shape ", shape_str(stored.shape()), ", expected ",
+            SEEMOE_CHECK(stored.shape() == params[i].second.shape(), "[checkpoint] '", path, "': '", prefix,
+                         params[i].first, "' has shape ", shape_str(stored.shape()), ", expected ",
                          shape_str(params[i].second.shape()));
+            SEEMOE_CHECK(std::all_of(stored.data(), stored.data() + stored.numel(),
+                                     [&](float v) { return std::isfinite(v) && (target == &state[i].exp_avg || v >= 0); }),
+                         "[checkpoint] '", path, "': '", prefix, params[i].first,
+                         "' holds a NaN, an infinity or (exp_avg_sq) a negative value");
             *target = stored.clone();
         }
-        state[i].step = steps.at(i).as_int();
+        state[i].step = param_steps[i];
     }
-    rng_from_string(rng, file.metadata.at("rng"));
-    return parse_step(file.metadata.at("step"), path);
+    SEEMOE_CHECK(file.tensors.size() == 2 * params.size(), "[checkpoint] '", path, "' holds ", file.tensors.size(),
+                 " tensors; the model's optimiser state has ", 2 * params.size());
+    rng = restored;
+    return step;
 }
 
 }  // namespace seemoe::nn

@@ -57,6 +57,69 @@ void for_each_decoder_field(Config& c, Fn&& fn) {
     fn("dropout", c.dropout);
 }
 
+// What is wrong with a config: the field, named as in the checkpoint JSON ("decoder.n_layer"),
+// and the problem ("must be at least 1, got 0"). An empty field means the config is sound.
+struct ConfigIssue {
+    std::string field;
+    std::string problem;
+    explicit operator bool() const { return !field.empty(); }
+};
+
+// The largest model a config may describe, in parameters. With the per-field upper bounds of the
+// checks below it is generous for this model family, yet small enough that a typo or a corrupt
+// checkpoint fails with its field's name instead of in an allocation of terabytes.
+inline constexpr double kMaxParameters = 1e9;
+
+namespace detail {
+inline ConfigIssue check_range(const std::string& field, Index value, Index lo, Index hi) {
+    if (value < lo) return {field, seemoe::detail::concat("must be at least ", lo, ", got ", value)};
+    if (value > hi) return {field, seemoe::detail::concat("must be at most ", hi, ", got ", value)};
+    return {};
+}
+}  // namespace detail
+
+// An estimate of the decoder's parameters (embeddings, attention, experts, router, head).
+inline double approx_parameter_count(const DecoderConfig& c) {
+    const double C = static_cast<double>(c.n_embd), V = static_cast<double>(c.vocab_size);
+    const double E = static_cast<double>(c.num_experts);
+    return 2 * V * C + static_cast<double>(c.block_size) * C +
+           static_cast<double>(c.n_layer) * (4 * C * C + E * 2 * static_cast<double>(c.expert_ratio) * C * C + C * E);
+}
+
+// Checks every field of a decoder config: sizes >= 1 and below sane bounds, n_embd divisible by
+// n_head, top_k <= num_experts, dropout in [0, 1), at most kMaxParameters. `prefix` goes before
+// the field names ("decoder." inside a VLM config).
+inline ConfigIssue find_decoder_issue(const DecoderConfig& c, const std::string& prefix = "") {
+    for (ConfigIssue issue : {
+             detail::check_range(prefix + "vocab_size", c.vocab_size, 3, 0x110000 + 3),
+             detail::check_range(prefix + "n_embd", c.n_embd, 1, 65536),
+             detail::check_range(prefix + "n_head", c.n_head, 1, std::max<Index>(c.n_embd, 1)),
+             detail::check_range(prefix + "n_layer", c.n_layer, 1, 1024),
+             detail::check_range(prefix + "num_experts", c.num_experts, 1, 4096),
+             detail::check_range(prefix + "top_k", c.top_k, 1, std::max<Index>(c.num_experts, 1)),
+             detail::check_range(prefix + "expert_ratio", c.expert_ratio, 1, 64),
+             detail::check_range(prefix + "block_size", c.block_size, 2, Index(1) << 20),
+         })
+        if (issue) return issue;
+    if (c.n_embd % c.n_head != 0)
+        return {prefix + "n_embd", seemoe::detail::concat("must be divisible by ", prefix, "n_head ", c.n_head,
+                                                          ", got ", c.n_embd)};
+    if (!(c.dropout >= 0.0 && c.dropout < 1.0))
+        return {prefix + "dropout", seemoe::detail::concat("must be in [0, 1), got ", c.dropout)};
+    const double params = approx_parameter_count(c);
+    if (params > kMaxParameters)
+        return {prefix + "n_embd", seemoe::detail::concat("gives a model of about ", static_cast<long long>(params / 1e6),
+                                                          " M parameters with the other sizes; the limit is ",
+                                                          static_cast<long long>(kMaxParameters / 1e6), " M")};
+    return {};
+}
+
+// Throws Error "<where>: config field <field> <problem>" if the decoder config has a problem.
+inline void check_decoder_config(const DecoderConfig& c, const std::string& where, const std::string& prefix = "") {
+    const ConfigIssue issue = find_decoder_issue(c, prefix);
+    SEEMOE_CHECK(!issue, where, ": config field ", issue.field, " ", issue.problem);
+}
+
 template <typename T>
 class SparseMoEBlock : public Module<T> {
 public:
@@ -96,8 +159,9 @@ template <typename T>
 class MoEDecoderLanguageModel : public Module<T> {
 public:
     MoEDecoderLanguageModel() = default;
+    // The config is checked (check_decoder_config) before any layer is built.
     MoEDecoderLanguageModel(const DecoderConfig& config, Rng& rng)
-        : config(config),
+        : config(checked(config)),
           token_embedding(config.vocab_size, config.n_embd, rng, T(0.02)),
           position_embedding(config.block_size, config.n_embd, rng, T(0.02)),
           ln_f(config.n_embd),
@@ -107,6 +171,11 @@ public:
         lm_head.weight = detail::parameter(
             Tensor<T>::randn({config.vocab_size, config.n_embd}, rng, T(0), T(0.02)));
         lm_head.bias = detail::parameter(Tensor<T>::zeros({config.vocab_size}));
+    }
+
+    static const DecoderConfig& checked(const DecoderConfig& c) {
+        check_decoder_config(c, "[MoEDecoderLanguageModel]");
+        return c;
     }
 
     // ids (B, T) row-major, optional prefix (B, Tp, C) -> logits (B, Tp+T, V).

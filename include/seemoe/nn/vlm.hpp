@@ -78,17 +78,80 @@ void for_each_field(Config& c, Fn&& fn) {
     fn("", "eos_id", c.eos_id);
 }
 
+// An estimate of the parameters a config builds (weights of every matrix and embedding; norms
+// and biases are a rounding error).
+inline double approx_parameter_count(const VLMConfig& c) {
+    const double D = static_cast<double>(c.vision.dim), C = static_cast<double>(c.decoder.n_embd);
+    const double p = static_cast<double>(c.vision.patch_size), P = static_cast<double>(c.vision.num_patches());
+    const double vit = 3 * p * p * D + (P + 1) * D +
+                       static_cast<double>(c.vision.n_blocks) * (4 + 2 * static_cast<double>(c.vision.mlp_ratio)) * D * D;
+    return vit + D * C + C * C + approx_parameter_count(c.decoder);
+}
+
+// Checks every field of a config before anything is built: the decoder's (find_decoder_issue,
+// nn/decoder.hpp), the ViT's sizes >= 1 and below sane bounds, the image a whole number of
+// patches, enough positions for the visual tokens, special ids inside the vocabulary and
+// distinct, at most kMaxParameters in all. The one validation behind the model's constructor,
+// checkpoints, the trainer's flags and bench.
+inline ConfigIssue find_config_issue(const VLMConfig& c) {
+    const auto fmt = [](auto... parts) { return seemoe::detail::concat(parts...); };
+    const Index S = c.vision.image_size, p = c.vision.patch_size;
+    for (ConfigIssue issue : {
+             detail::check_range("vision.image_size", S, 1, 8192),
+             detail::check_range("vision.patch_size", p, 1, std::max<Index>(S, 1)),
+             detail::check_range("vision.channels", c.vision.channels, 3, 3),
+             detail::check_range("vision.dim", c.vision.dim, 1, 65536),
+             detail::check_range("vision.n_blocks", c.vision.n_blocks, 1, 1024),
+             detail::check_range("vision.n_heads", c.vision.n_heads, 1, std::max<Index>(c.vision.dim, 1)),
+             detail::check_range("vision.mlp_ratio", c.vision.mlp_ratio, 1, 64),
+             find_decoder_issue(c.decoder, "decoder."),
+         })
+        if (issue) return issue;
+    if (S % p != 0) return {"vision.image_size", fmt("must be a multiple of vision.patch_size ", p, ", got ", S)};
+    if (c.vision.dim % c.vision.n_heads != 0)
+        return {"vision.dim", fmt("must be divisible by vision.n_heads ", c.vision.n_heads, ", got ", c.vision.dim)};
+    if (!(c.vision.dropout >= 0.0 && c.vision.dropout < 1.0))
+        return {"vision.dropout", fmt("must be in [0, 1), got ", c.vision.dropout)};
+    if (c.decoder.block_size < c.num_visual_tokens() + 2)
+        return {"decoder.block_size", fmt("must be at least ", c.num_visual_tokens() + 2, " (", c.num_visual_tokens(),
+                                          " visual tokens, <bos> and one character), got ", c.decoder.block_size)};
+    for (auto [field, value] : {std::pair<const char*, Index>{"pad_id", c.pad_id}, {"bos_id", c.bos_id},
+                                {"eos_id", c.eos_id}})
+        if (value < 0 || value >= c.decoder.vocab_size)
+            return {field, fmt("must be a token id in [0, ", c.decoder.vocab_size, "), got ", value)};
+    if (c.pad_id == c.bos_id || c.pad_id == c.eos_id || c.bos_id == c.eos_id)
+        return {"eos_id", fmt("pad_id, bos_id and eos_id must differ, got ", c.pad_id, ", ", c.bos_id, ", ", c.eos_id)};
+    const double params = approx_parameter_count(c);
+    if (params > kMaxParameters)
+        return {"vision.dim", fmt("gives a model of about ", static_cast<long long>(params / 1e6),
+                                  " M parameters with the other sizes; the limit is ",
+                                  static_cast<long long>(kMaxParameters / 1e6), " M")};
+    return {};
+}
+
+// Throws Error "<where>: config field <field> <problem>" if the config has a problem.
+inline void check_config(const VLMConfig& c, const std::string& where) {
+    const ConfigIssue issue = find_config_issue(c);
+    SEEMOE_CHECK(!issue, where, ": config field ", issue.field, " ", issue.problem);
+}
+
 template <typename T>
 class VisionMoELanguageModel : public Module<T> {
 public:
     VisionMoELanguageModel() = default;
+    // The config is checked (check_config) before any layer is built.
     VisionMoELanguageModel(const VLMConfig& config, Rng& rng)
-        : config(config),
+        : config(checked(config)),
           vision_encoder(config.vision, rng),
           projector(config.vision.dim, config.decoder.n_embd, static_cast<T>(config.decoder.dropout), rng),
           decoder(config.decoder, rng) {}
 
     Index num_visual_tokens() const { return config.num_visual_tokens(); }
+
+    static const VLMConfig& checked(const VLMConfig& c) {
+        check_config(c, "[VisionMoELanguageModel]");
+        return c;
+    }
 
     // images (B, 3, S, S) -> visual tokens (B, Tv, C)
     Tensor<T> encode_images(const Tensor<T>& images, Rng& rng) const {
