@@ -14,6 +14,7 @@
 #pragma once
 
 #include <algorithm>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -133,6 +134,11 @@ inline Preset make_preset(const std::string& name) {
     return p;
 }
 
+// "vision.dim" for a field of section "vision"; "visual_tokens" for a top-level one.
+inline std::string field_path(const char* section, const char* name) {
+    return *section ? std::string(section) + "." + name : std::string(name);
+}
+
 // The model-size flags. Each sets one or more fields of the config, named as in
 // seemoe::nn::for_each_field ("section.name"); its value is checked against [min, max]. This
 // table is both `train --help` and the parser.
@@ -165,6 +171,21 @@ inline const std::vector<ModelFlag>& model_flag_table() {
          {"visual_tokens"}},
         {{"--block-size", "N", "decoder positions (visual tokens + caption + 1; for text, the window)"}, {"decoder.block_size"}, 2},
     };
+    // A field name that for_each_field does not know would make its flag do nothing: refuse it
+    // the first time the table is used (every `seemoe train` and the CLI tests use it).
+    static const bool checked = [] {
+        VLMConfig config;
+        for (const ModelFlag& f : table)
+            for (const std::string& wanted : f.fields) {
+                bool found = false;
+                seemoe::nn::for_each_field(config, [&](const char* section, const char* name, const auto&) {
+                    found = found || field_path(section, name) == wanted;
+                });
+                if (!found) throw std::logic_error(std::string(f.spec.name) + " names no config field: " + wanted);
+            }
+        return true;
+    }();
+    (void)checked;
     return table;
 }
 
@@ -172,11 +193,6 @@ inline std::vector<FlagSpec> model_flags() {
     std::vector<FlagSpec> specs;
     for (const ModelFlag& f : model_flag_table()) specs.push_back(f.spec);
     return specs;
-}
-
-// "vision.dim" for a field of section "vision"; "visual_tokens" for a top-level one.
-inline std::string field_path(const char* section, const char* name) {
-    return *section ? std::string(section) + "." + name : std::string(name);
 }
 
 // Checks `m` with the library's one validation (seemoe::nn::find_config_issue, or

@@ -14,7 +14,9 @@
 //   input_ids  (B, L)  <bos> c1 c2 ... cn <pad> ...
 //   targets    (B, L)  c1 c2 ... cn <eos> -100 ...      (-100 = kIgnoreIndex, skipped by the loss)
 // so targets are input_ids shifted left by one, and position 0 predicts the first character from
-// the image alone. L is the longest caption in the batch + 1, or a fixed max_len.
+// the image alone. L is the longest caption in the batch + 1, or a fixed max_len. Epochs run in
+// data-set order or shuffled from an Rng (start_epoch); a trainer that must resume anywhere asks
+// step_samples(step, seed) for the samples of one step.
 // Convention: a Batcher keeps a pointer to its data set and tokenizer; both must outlive it.
 #pragma once
 

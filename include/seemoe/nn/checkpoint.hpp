@@ -10,7 +10,13 @@
 //   training_state.safetensors  AdamW moments as "exp_avg.<name>" / "exp_avg_sq.<name>", plus
 //                               metadata with the step, the per-parameter step counts and the Rng
 // PyTorch reads the first with safetensors.torch.load_file (names match the PyTorch modules').
-// Loading is strict: a missing, extra or mis-shaped tensor is refused with its name, so a
+//
+//   save_model(path, model, tokenizer, step, extra)   LoadedModel m = load_model(path);
+//   save_training_state(path, model, optimizer, step, rng, extra)   load_training_state(...)
+//
+// This header is where the model meets the file formats: io/ knows safetensors and JSON, not
+// models. The config's JSON is written field by field from for_each_field (nn/vlm.hpp), in a
+// fixed order, so the same config always gives the same bytes. Loading is strict: a missing, extra or mis-shaped tensor is refused with its name, so a
 // checkpoint never half-loads into the wrong architecture.
 #pragma once
 
