@@ -426,6 +426,43 @@ TEST_CASE("clip_grad_norm: known values", "[optim]") {
     }
 }
 
+TEST_CASE("clip_grad_norm: the same norm and gradients on 1 and 2 threads", "[optim]") {
+    // Many parameters of different sizes: the per-parameter sums are added in order, whatever
+    // thread computed them.
+    Rng rng(21);
+    std::vector<Tensorf> params;
+    for (Index i = 0; i < 40; ++i) {
+        Tensorf p = param<float>({1 + 97 * i}, std::vector<float>(static_cast<std::size_t>(1 + 97 * i), 0.0f));
+        std::vector<float> g(static_cast<std::size_t>(p.numel()));
+        for (float& x : g) x = static_cast<float>(rng.normal());
+        set_grad(p, g);
+        params.push_back(p);
+    }
+    auto clone_grads = [&] {
+        std::vector<Tensorf> copy;
+        for (const Tensorf& p : params) {
+            Tensorf c = param<float>(p.shape(), std::vector<float>(static_cast<std::size_t>(p.numel()), 0.0f));
+            const Tensorf g = p.grad();
+            set_grad(c, std::vector<float>(g.data(), g.data() + g.numel()));
+            copy.push_back(c);
+        }
+        return copy;
+    };
+    std::vector<Tensorf> other = clone_grads();
+    const int threads = num_threads();
+    set_num_threads(1);
+    const double one = clip_grad_norm(params, 1.0);
+    set_num_threads(2);
+    const double two = clip_grad_norm(other, 1.0);
+    set_num_threads(threads);
+    CHECK(one == two);
+    CHECK(one > 1.0);  // so the gradients were scaled
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        const Tensorf a = params[i].grad(), b = other[i].grad();
+        CHECK(std::equal(a.data(), a.data() + a.numel(), b.data()));
+    }
+}
+
 TEST_CASE("learning-rate schedules: known values", "[optim]") {
     // warmup 10, total 110, base 1e-3, min 1e-4.
     const double base = 1e-3, min = 1e-4;
