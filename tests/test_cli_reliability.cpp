@@ -222,7 +222,7 @@ TEST_CASE("cli: checkpoints with a bad config or training state are refused nami
     }
 }
 
-TEST_CASE("cli: non-finite gradients are skipped and counted; too many in a row stop the run", "[cli][reliability]") {
+TEST_CASE("cli: non-finite gradients are skipped and counted, too many in a row stop the run", "[cli][reliability]") {
     const fs::path dir = scratch("nan_guard");
     REQUIRE(run_cli(dir, train_tiny(dir / "clean")).code == 0);
     const Run run = run_cli(dir, train_tiny(dir / "nan"), "SEEMOE_INJECT_NAN=3,4");
@@ -303,7 +303,7 @@ TEST_CASE("cli: a run killed at 20+ random moments resumes every time and ends b
     CHECK(temporaries(out).empty());
 }
 
-TEST_CASE("cli: a checkpoint write over the file-size limit fails cleanly; the previous checkpoint resumes",
+TEST_CASE("cli: a checkpoint write over the file-size limit fails cleanly, the previous checkpoint resumes",
           "[cli][reliability]") {
     const fs::path dir = scratch("fsize");
     const pid_t reference = spawn(tiny_args(dir / "full", 4), dir / "ref.out", dir / "ref.err");
@@ -331,7 +331,7 @@ TEST_CASE("cli: a checkpoint write over the file-size limit fails cleanly; the p
     CHECK(read_text(dir / "run" / "model.safetensors") == read_text(dir / "full" / "model.safetensors"));
 }
 
-TEST_CASE("cli: --resume falls back past an unusable newest checkpoint; with none left it refuses naming the file",
+TEST_CASE("cli: --resume falls back past an unusable newest checkpoint, with none left it refuses naming the file",
           "[cli][reliability]") {
     const fs::path dir = scratch("fallback");
     REQUIRE(run_cli(dir, train_tiny(dir / "full", "--save-every 1")).code == 0);
