@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -38,6 +39,22 @@ struct DecoderConfig {
     Index expert_ratio = 4;  // expert hidden = expert_ratio * C
     Index block_size = 1000; // positions, prefix included
     double dropout = 0.1;
+    // How the MoE layers route (nn/moe.hpp); the defaults are the seeds' dropless noisy top-k.
+    RouterType router = RouterType::NoisyTopK;
+    Index num_shared_experts = 0;       // experts every token uses (DeepSeekMoE)
+    double capacity_factor = 0.0;       // training: each expert takes ceil(K*S*cf/E) of S tokens; <= 0 dropless
+    double eval_capacity_factor = 0.0;  // the same in eval (generation never drops)
+    OverflowPolicy overflow = OverflowPolicy::Position;  // who is dropped when an expert is full
+
+    MoEOptions moe_options() const {
+        MoEOptions o;
+        o.router = router;
+        o.num_shared_experts = num_shared_experts;
+        o.capacity_factor = capacity_factor;
+        o.eval_capacity_factor = eval_capacity_factor;
+        o.overflow = overflow;
+        return o;
+    }
 };
 
 // Every field of a DecoderConfig, once, in checkpoint order: fn(name, field). A text model's
@@ -55,6 +72,44 @@ void for_each_decoder_field(Config& c, Fn&& fn) {
     fn("expert_ratio", c.expert_ratio);
     fn("block_size", c.block_size);
     fn("dropout", c.dropout);
+    fn("router", c.router);
+    fn("num_shared_experts", c.num_shared_experts);
+    fn("capacity_factor", c.capacity_factor);
+    fn("eval_capacity_factor", c.eval_capacity_factor);
+    fn("overflow", c.overflow);
+}
+
+// The MoE routing fields came after the first checkpoints: a checkpoint may lack them (then they
+// keep their default), and they are written only when they differ from it, so a model that does
+// not use them keeps the JSON it always had.
+inline bool decoder_field_is_optional(std::string_view name) {
+    return name == "router" || name == "num_shared_experts" || name == "capacity_factor" ||
+           name == "eval_capacity_factor" || name == "overflow";
+}
+
+// The config's enum fields by name, for checkpoints, flags and summaries: enum_name(value),
+// enum_values<E>() and enum_from_name(name, out) (false if no value has it). VisualTokens joins
+// them in vlm.hpp.
+inline const char* enum_name(RouterType r) { return router_type_name(r); }
+inline const char* enum_name(OverflowPolicy p) { return overflow_policy_name(p); }
+template <typename E>
+std::vector<E> enum_values();
+template <>
+inline std::vector<RouterType> enum_values<RouterType>() {
+    return {RouterType::NoisyTopK, RouterType::TopKSoftmax, RouterType::SoftmaxTopK};
+}
+template <>
+inline std::vector<OverflowPolicy> enum_values<OverflowPolicy>() {
+    return {OverflowPolicy::Position, OverflowPolicy::Priority};
+}
+template <typename E>
+bool enum_from_name(std::string_view name, E& out) {
+    for (E v : enum_values<E>())
+        if (name == enum_name(v)) {
+            out = v;
+            return true;
+        }
+    return false;
 }
 
 template <typename T>
@@ -64,13 +119,19 @@ public:
     SparseMoEBlock(const DecoderConfig& c, Rng& rng)
         : ln1(c.n_embd), attn(c.n_embd, c.n_head, /*causal=*/true, static_cast<T>(c.dropout), rng),
           ln2(c.n_embd),
-          moe(c.n_embd, c.num_experts, c.top_k, c.expert_ratio * c.n_embd, static_cast<T>(c.dropout), rng) {}
+          moe(c.n_embd, c.num_experts, c.top_k, c.expert_ratio * c.n_embd, static_cast<T>(c.dropout), rng,
+              c.moe_options()) {}
 
-    // trace, when given, receives this layer's routing statistics.
+    // trace, when given, receives this layer's routing statistics (and auxiliary losses, if it
+    // asks for them).
     Tensor<T> forward(const Tensor<T>& x, Rng& rng, MoETrace<T>* trace = nullptr) const {  // (B, T, C)
         Tensor<T> h = add(x, attn.forward(ln1.forward(x), rng));             // (B, T, C)
-        MoEOutput<T> m = moe.forward_with_stats(ln2.forward(h), rng);        // (B, T, C)
-        if (trace) trace->layers.push_back(std::move(m.stats));
+        if (!trace) return add(h, moe.forward(ln2.forward(h), rng));         // (B, T, C)
+        MoERequest request;
+        request.aux_losses = trace->aux_losses;
+        request.entropy = true;
+        MoEOutput<T> m = moe.forward_with_stats(ln2.forward(h), rng, request);  // (B, T, C)
+        trace->add(m);
         return add(h, m.out);                                                // (B, T, C)
     }
 
@@ -78,7 +139,9 @@ public:
     Tensor<T> forward_cached(const Tensor<T>& x, KVCache<T>& cache) const {
         Rng unused(0);  // eval mode: no dropout, no router noise, so nothing is drawn
         Tensor<T> h = add(x, attn.forward_cached(ln1.forward(x), cache));    // (B, Tn, C)
-        return add(h, moe.forward(ln2.forward(h), unused));                  // (B, Tn, C)
+        MoERequest dropless;  // generation never drops a token, whatever the capacity factor
+        dropless.dropless = true;
+        return add(h, moe.forward_with_stats(ln2.forward(h), unused, dropless).out);  // (B, Tn, C)
     }
 
     LayerNorm<T> ln1;

@@ -32,6 +32,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -538,6 +539,114 @@ Tensor<T> moe_experts(const Tensor<T>& x, const Tensor<T>& gates, const std::vec
     std::vector<ExpertWeightRefs<T>> refs(fc1_weight.size());
     for (std::size_t e = 0; e < refs.size(); ++e) refs[e] = {&fc1_weight[e], &fc1_bias[e], &fc2_weight[e], &fc2_bias[e]};
     return moe_experts(x, gates, experts, ExpertWeightsView<T>(refs), dropout_p, training, rng);
+}
+
+// ---- routing: expert capacity and the router's auxiliary losses -----------------------------------
+
+// Expert capacity C = ceil(K * S * cf / E): how many of the K * S assignments of S tokens one of E
+// experts takes. cf <= 0 means dropless: -1, no limit. The ceiling keeps C >= 1 whenever cf > 0,
+// so a single token is never dropped (a floor gives 0 for one token: makeMoE's generation bug).
+inline Index expert_capacity(Index tokens, Index k, Index num_experts, double capacity_factor) {
+    if (capacity_factor <= 0) return -1;
+    return static_cast<Index>(std::ceil(static_cast<double>(k * tokens) * capacity_factor /
+                                        static_cast<double>(num_experts)));
+}
+
+// Which assignments a full expert turns away.
+enum class OverflowPolicy {
+    Position,  // first come, first served: tokens in sequence order
+    Priority,  // V-MoE's Batch Priority Routing: tokens by their top gate, highest first
+};
+
+// experts (N, K) ids best first and their gates (N, K) -> the same ids with kDroppedSlot where the
+// expert was already holding `capacity` assignments (capacity < 0: nothing dropped). Assignments
+// are placed rank by rank, every token's first choice before any token's second choice (as GShard
+// and V-MoE do), within a rank in token order (Position) or by the token's first gate, highest
+// first, ties in token order (Priority).
+template <typename T>
+std::vector<Index> drop_overflow(const std::vector<Index>& experts, const T* gates, Index N, Index K, Index num_experts,
+                                 Index capacity, OverflowPolicy policy) {
+    SEEMOE_CHECK(static_cast<Index>(experts.size()) == N * K, "[drop_overflow] ", experts.size(),
+                 " expert ids for (N, K) = (", N, ", ", K, ")");
+    std::vector<Index> kept = experts;
+    if (capacity < 0) return kept;
+    std::vector<Index> order(static_cast<std::size_t>(N));
+    for (Index n = 0; n < N; ++n) order[n] = n;
+    if (policy == OverflowPolicy::Priority)
+        std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) { return gates[a * K] > gates[b * K]; });
+    std::vector<Index> load(static_cast<std::size_t>(num_experts), 0);
+    for (Index k = 0; k < K; ++k)
+        for (Index n : order) {
+            const Index s = n * K + k, e = experts[s];
+            if (e == kDroppedSlot) continue;
+            SEEMOE_CHECK(e >= 0 && e < num_experts, "[drop_overflow] expert id ", e, " at slot ", s,
+                         " is out of range for ", num_experts, " experts");
+            if (load[e] < capacity) {
+                ++load[e];
+            } else {
+                kept[s] = kDroppedSlot;
+            }
+        }
+    return kept;
+}
+
+// The Switch/GShard load-balancing loss E * sum_e f_e * P_e: P_e = mean over tokens of the router
+// probability of expert e (differentiable), f_e = fraction of tokens whose first choice is e (a
+// constant, as defined). 1 when both are uniform, E when every token goes to one expert with
+// probability 1. probs (N, E), first_choice (N) -> ().
+template <typename T>
+Tensor<T> load_balancing_loss(const Tensor<T>& probs, const std::vector<Index>& first_choice) {
+    SEEMOE_CHECK(probs.dim() == 2 && probs.size(0) >= 1 && static_cast<Index>(first_choice.size()) == probs.size(0),
+                 "[load_balancing_loss] probs must be (N, E) with N >= 1 and one first choice per token, got probs ",
+                 shape_str(probs.shape()), " and ", first_choice.size(), " choices");
+    const Index N = probs.size(0), E = probs.size(1);
+    std::vector<T> f(static_cast<std::size_t>(E), T(0));  // (E)
+    for (Index e : first_choice) {
+        SEEMOE_CHECK(e >= 0 && e < E, "[load_balancing_loss] first choice ", e, " is out of range for ", E,
+                     " experts");
+        f[e] += T(1) / static_cast<T>(N);
+    }
+    Tensor<T> out = detail::make_op_result<T>(Shape{}, "load_balancing_loss", {&probs});  // ()
+    const ConstMatrixMap<T> p(probs.data(), N, E);
+    const ConstVectorMap<T> f_map(f.data(), E);
+    // E/N * sum_s sum_e f_e p_se
+    out.data()[0] = static_cast<T>(E) / static_cast<T>(N) * (p * f_map).sum();
+    detail::set_backward(out, [p_node = detail::grad_target(probs), f = std::move(f), N, E](Node<T>& self) {
+        if (!p_node) return;
+        const T scale = self.grad->data()[0] * static_cast<T>(E) / static_cast<T>(N);
+        MatrixMap<T> dp(p_node->grad_data(), N, E);
+        dp.rowwise() += scale * ConstVectorMap<T>(f.data(), E).transpose();
+    });
+    return out;
+}
+
+// ST-MoE's router z-loss: mean over tokens of (logsumexp_e logits[s, e])^2, which keeps the router
+// logits small. (ln E)^2 for all-zero logits. logits (N, E) -> ().
+template <typename T>
+Tensor<T> router_z_loss(const Tensor<T>& logits) {
+    SEEMOE_CHECK(logits.dim() == 2 && logits.size(0) >= 1 && logits.size(1) >= 1,
+                 "[router_z_loss] logits must be (N, E) with N, E >= 1, got ", shape_str(logits.shape()));
+    const Index N = logits.size(0), E = logits.size(1);
+    const ConstMatrixMap<T> l(logits.data(), N, E);
+    std::vector<T> lse(static_cast<std::size_t>(N));  // (N) logsumexp of each row
+    T total = 0;
+    for (Index s = 0; s < N; ++s) {
+        const T m = l.row(s).maxCoeff();
+        lse[s] = m + std::log((l.row(s).array() - m).exp().sum());
+        total += lse[s] * lse[s];
+    }
+    Tensor<T> out = detail::make_op_result<T>(Shape{}, "router_z_loss", {&logits});  // ()
+    out.data()[0] = total / static_cast<T>(N);
+    // d/dl_se = 2 lse_s softmax_se / N
+    detail::set_backward(out, [l_node = detail::grad_target(logits), values = logits.storage(), lse = std::move(lse),
+                               N, E](Node<T>& self) {
+        if (!l_node) return;
+        const T scale = self.grad->data()[0] * T(2) / static_cast<T>(N);
+        const ConstMatrixMap<T> l(values->data(), N, E);
+        MatrixMap<T> dl(l_node->grad_data(), N, E);
+        for (Index s = 0; s < N; ++s) dl.row(s).array() += scale * lse[s] * (l.row(s).array() - lse[s]).exp();
+    });
+    return out;
 }
 
 }  // namespace seemoe
