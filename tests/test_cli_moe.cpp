@@ -8,6 +8,9 @@
 
 #include <seemoe/nn/checkpoint.hpp>
 
+#include <algorithm>
+#include <cmath>
+
 #include "cli_run.hpp"
 
 using namespace cli_test;
@@ -178,6 +181,144 @@ TEST_CASE("seemoe refuses a checkpoint with a bad MoE routing field, naming the 
     run = run_cli(dir, "caption --model " + quote((dir / "overflow.safetensors").string()) + " " + image);
     check_error(run, "decoder.overflow");
     CHECK_THAT(run.err, Catch::Contains("unknown overflow 'random' (expected position or priority)"));
+}
+
+namespace {
+
+// The model of a run folder.
+seemoe::nn::LoadedModel model_of(const fs::path& run) {
+    return seemoe::nn::load_model((run / "model.safetensors").string());
+}
+
+// Logits of `model` in eval mode for the tiny set's first test image and a fixed caption prefix.
+std::vector<float> eval_logits(seemoe::nn::VisionMoELanguageModel<float>& model) {
+    const auto& c = model.config.vision;
+    seemoe::Rng data(9);
+    const seemoe::Tensor<float> image = seemoe::Tensor<float>::randn({1, 3, c.image_size, c.image_size}, data);
+    seemoe::NoGradGuard no_grad;
+    model.eval();
+    seemoe::Rng unused(0);
+    const seemoe::Tensor<float> logits = model.forward(image, {1, 5, 6, 7, 8}, 5, unused);
+    return std::vector<float>(logits.data(), logits.data() + logits.numel());
+}
+
+}  // namespace
+
+TEST_CASE("seemoe train --init-from --upcycle: at step 0 the model's logits are the dense model's", "[cli][moe]") {
+    const fs::path dir = scratch("upcycle");
+    REQUIRE(run_cli(dir, train_tiny(dir / "dense", "--experts 1 --top-k 1")).code == 0);
+    // --lr 0 leaves every weight as it starts (AdamW's decay is lr * wd too): the step-0 model.
+    const Run up = run_cli(dir, train_tiny(dir / "up", "--steps 1 --lr 0 --init-from " + quote((dir / "dense").string()) +
+                                                          " --upcycle --experts 4 --top-k 2"));
+    INFO(up.out << up.err);
+    REQUIRE(up.code == 0);
+    CHECK_THAT(up.out, Catch::Contains("upcycled to 4 experts"));
+    seemoe::nn::LoadedModel dense = model_of(dir / "dense"), upcycled = model_of(dir / "up");
+    CHECK(upcycled.config.decoder.num_experts == 4);
+    const std::vector<float> a = eval_logits(dense.model), b = eval_logits(upcycled.model);
+    REQUIRE(a.size() == b.size());
+    float worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+    CHECK(worst < 1e-6f);
+    // It trains on from there, and with noise the experts start apart.
+    REQUIRE(run_cli(dir, train_tiny(dir / "noisy", "--init-from " + quote((dir / "dense").string()) +
+                                                       " --upcycle --upcycle-noise 0.01")).code == 0);
+    CHECK(losses(dir / "noisy" / "metrics.jsonl").size() == 8);
+}
+
+TEST_CASE("seemoe train refuses bad --init-from / --upcycle combinations in one line", "[cli][moe]") {
+    const fs::path dir = scratch("upcycle_bad");
+    const fs::path out = dir / "out";
+    REQUIRE(run_cli(dir, train_tiny(dir / "dense", "--steps 2 --experts 1 --top-k 1")).code == 0);
+    REQUIRE(run_cli(dir, train_tiny(dir / "sparse", "--steps 2")).code == 0);
+    const std::string dense = " --init-from " + quote((dir / "dense").string());
+    auto train = [&](const std::string& flags) { return run_cli(dir, train_tiny(out, flags)); };
+    check_error(train("--upcycle"), "--upcycle needs --init-from");
+    check_error(train("--upcycle-noise 0.1"), "--upcycle-noise applies only with --upcycle");
+    check_error(train(dense + " --upcycle --upcycle-noise -1"), "--upcycle-noise must be in [0, 1]");
+    check_error(train("--upcycle --init-from " + quote((dir / "sparse").string())),
+                "--upcycle needs a dense checkpoint (1 expert per layer");
+    check_error(train(dense + " --upcycle --experts 1 --top-k 1"), "leaves the model dense");
+    check_error(train(dense + " --upcycle --shared-experts 1"), "--upcycle with --shared-experts");
+    check_error(train(dense + " --upcycle --router softmax_topk"), "--upcycle with --router softmax_topk");
+    check_error(train(dense + " --n-embd 64"), "[copy_parameters]");  // sizes that do not fit the weights
+    check_error(train("--init-from " + quote((dir / "missing").string())), "does not exist");
+    check_error(run_cli(dir, "train --resume --out " + quote((dir / "dense").string()) + dense), "--init-from starts a new run");
+    CHECK_FALSE(fs::exists(out));
+}
+
+TEST_CASE("seemoe train --stage / --freeze: frozen weights bitwise unchanged, no optimiser state, exact resume",
+          "[cli][moe]") {
+    const fs::path dir = scratch("staged");
+    // The starting weights of seed 1337: a run with --lr 0 keeps them.
+    REQUIRE(run_cli(dir, train_tiny(dir / "init", "--steps 1 --lr 0")).code == 0);
+    const Run stage1 = run_cli(dir, train_tiny(dir / "stage1", "--stage 1"));
+    INFO(stage1.out << stage1.err);
+    REQUIRE(stage1.code == 0);
+    CHECK_THAT(stage1.out, Catch::Contains("of them (the others frozen)"));
+    seemoe::nn::LoadedModel init = model_of(dir / "init"), trained = model_of(dir / "stage1");
+    const auto before = init.model.named_parameters(), after = trained.model.named_parameters();
+    REQUIRE(before.size() == after.size());
+    int moved = 0;
+    for (std::size_t i = 0; i < after.size(); ++i) {
+        const bool same = std::equal(before[i].second.data(), before[i].second.data() + before[i].second.numel(),
+                                     after[i].second.data());
+        if (after[i].first.rfind("projector.", 0) == 0) {
+            moved += same ? 0 : 1;
+        } else {
+            INFO(after[i].first);
+            CHECK(same);  // frozen: bit for bit after 8 steps
+        }
+    }
+    CHECK(moved == 4);
+    // The training state holds the projector's moments only.
+    const auto state = seemoe::io::load_safetensors<float>(
+        (dir / "stage1" / "checkpoints" / "step-00000008" / "training_state.safetensors").string());
+    CHECK(state.tensors.size() == 8);
+    for (const auto& [name, t] : state.tensors) CHECK(name.find(".projector.") != std::string::npos);
+
+    // Stop and resume with frozen parameters: the same losses as in one go.
+    REQUIRE(run_cli(dir, train_tiny(dir / "split", "--stage 1 --stop-at 3")).code == 0);
+    const Run resumed =
+        run_cli(dir, "train --resume --threads 1 --out " + quote((dir / "split").string()) + " --data " + quote(kTiny));
+    INFO(resumed.out << resumed.err);
+    REQUIRE(resumed.code == 0);
+    CHECK(losses(dir / "split" / "metrics.jsonl") == losses(dir / "stage1" / "metrics.jsonl"));
+
+    // Stage 3 from stage 2's model: only the MoE layers move; --freeze takes more away.
+    REQUIRE(run_cli(dir, train_tiny(dir / "stage3", "--stage 3 --freeze decoder.blocks.0 --init-from " +
+                                                        quote((dir / "stage1").string()))).code == 0);
+    seemoe::nn::LoadedModel s3 = model_of(dir / "stage3");
+    const auto p3 = s3.model.named_parameters();
+    for (std::size_t i = 0; i < p3.size(); ++i) {
+        const bool same =
+            std::equal(after[i].second.data(), after[i].second.data() + after[i].second.numel(), p3[i].second.data());
+        if (p3[i].first.rfind("decoder.blocks.1.moe.", 0) != 0) {
+            INFO(p3[i].first);
+            CHECK(same);
+        }
+    }
+}
+
+TEST_CASE("seemoe train refuses bad --freeze, --train-only and --stage values in one line", "[cli][moe]") {
+    const fs::path dir = scratch("staged_bad");
+    const fs::path out = dir / "out";
+    auto train = [&](const std::string& flags) { return run_cli(dir, train_tiny(out, flags)); };
+    check_error(train("--stage 4"), "--stage must be 1, 2 or 3, got 4");
+    check_error(train("--stage -1"), "--stage");
+    check_error(train("--stage 1 --train-only projector"), "--stage and --train-only both");
+    check_error(train("--freeze vision_encodr"), "pattern 'vision_encodr' names no parameter");
+    check_error(train("--train-only projector --freeze projector"), "nothing is left to train");
+    check_error(train("--freeze ,"), "--freeze needs at least one parameter-name pattern");
+    check_error(run_cli(dir, "train --text " + quote(SEEMOE_SOURCE_DIR "/tests/data/tiny_text.txt") + " --out " +
+                                 quote(out.string()) + " --stage 1"),
+                "--stage applies to image runs");
+    CHECK_FALSE(fs::exists(out));
+    // A resumed run keeps its frozen parameters.
+    REQUIRE(run_cli(dir, train_tiny(dir / "run", "--stage 1 --stop-at 2")).code == 0);
+    check_error(run_cli(dir, "train --resume --out " + quote((dir / "run").string()) + " --data " + quote(kTiny) +
+                                 " --stage 2"),
+                "differ from the run being resumed");
 }
 
 #endif  // SEEMOE_CLI_PATH

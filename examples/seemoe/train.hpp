@@ -13,6 +13,9 @@
 //     `eval` need), training_state.safetensors (AdamW moments, step, Rng, the run's settings) and
 //     metrics.jsonl (one JSON object per step; tokens_per_s counts caption tokens, the targets;
 //     "moe" holds each MoE layer's routing statistics).
+//   * --init-from starts a new run from another run's weights (--upcycle: a dense model's FFNs
+//     become every expert), and --freeze / --train-only / --stage leave parameters out of the
+//     optimisation (nn/staging.hpp): MoE-LLaVA's three stages.
 // `train --text FILE` trains a text-only character model instead, with the same settings, files,
 // progress and --resume: its loop is run_text_train in train_text.hpp.
 #pragma once
@@ -52,6 +55,10 @@ struct TrainSettings {
     Index eval_every = 0, eval_samples = 200, eval_batches = 200, save_every = 0, log_every = 0;
     // Coefficients of the MoE auxiliary losses added to the training loss (0: off, nothing computed).
     double balance_loss = 0.0, z_loss = 0.0;
+    // Staged training (nn/staging.hpp): comma-separated parameter-name patterns, and MoE-LLaVA's
+    // stage presets (0: none; 1: the projector only; 2: everything; 3: the MoE layers only).
+    std::string freeze, train_only;
+    Index stage = 0;
 
     bool is_text() const { return !text.empty(); }
 };
@@ -59,11 +66,14 @@ struct TrainSettings {
 // The settings that mean something only for image runs, or only for text runs: the others are
 // refused as flags and left out of the run table.
 inline bool image_only_setting(const std::string& name) {
-    return name == "data" || name == "eval_samples" || name == "balance_loss" || name == "z_loss";
+    return name == "data" || name == "eval_samples" || name == "balance_loss" || name == "z_loss" ||
+           name == "freeze" || name == "train_only" || name == "stage";
 }
 inline bool text_only_setting(const std::string& name) { return name == "text" || name == "eval_batches"; }
 // Settings added after runs were first stored: a stored run may lack them (then the default).
-inline bool later_setting(const std::string& name) { return name == "balance_loss" || name == "z_loss"; }
+inline bool later_setting(const std::string& name) {
+    return name == "balance_loss" || name == "z_loss" || name == "freeze" || name == "train_only" || name == "stage";
+}
 
 // The flag that sets a setting, and the range its value must be in.
 struct SettingFlag {
@@ -123,6 +133,46 @@ void for_each_setting(Settings& s, Fn&& fn) {
         10};
     fn("balance_loss", s.balance_loss, &balance_loss);
     fn("z_loss", s.z_loss, &z_loss);
+    static const SettingFlag freeze{
+        {"--freeze", "PATTERNS",
+         "keep the parameters these comma-separated name patterns match fixed: no gradient, no optimiser "
+         "state (e.g. vision_encoder; '*' = any characters but '.')"}};
+    static const SettingFlag train_only{
+        {"--train-only", "PATTERNS", "train only the parameters these patterns match; freeze the rest"}};
+    static const SettingFlag stage{
+        {"--stage", "1|2|3",
+         "MoE-LLaVA's stages: 1 = the projector only, 2 = everything, 3 = the MoE layers (experts, routers)"},
+        0};
+    fn("freeze", s.freeze, &freeze);
+    fn("train_only", s.train_only, &train_only);
+    fn("stage", s.stage, &stage);
+}
+
+// The --train-only patterns of a --stage.
+inline std::string stage_patterns(Index stage) {
+    return stage == 1 ? "projector" : stage == 3 ? "decoder.blocks.*.moe" : "";
+}
+
+// "a, b,c" -> {"a", "b", "c"}.
+inline std::vector<std::string> split_patterns(const std::string& text) {
+    std::vector<std::string> out;
+    std::string item;
+    std::istringstream in(text);
+    while (std::getline(in, item, ',')) {
+        const auto first = item.find_first_not_of(' '), last = item.find_last_not_of(' ');
+        if (first != std::string::npos) out.push_back(item.substr(first, last - first + 1));
+    }
+    return out;
+}
+
+// Freezes the model's parameters as the settings say (nothing, without --freeze, --train-only
+// or --stage); returns the number of trainable parameter tensors. Before the optimiser is built.
+template <typename ModelType>
+Index apply_freezing(ModelType& model, const TrainSettings& s) {
+    const std::string train_only = s.train_only.empty() ? stage_patterns(s.stage) : s.train_only;
+    return with_hint("patterns match parameter names such as decoder.blocks.0.moe.experts.3.fc1.weight (README 'Staged training')", [&] {
+        return seemoe::nn::set_trainable(model, split_patterns(train_only), split_patterns(s.freeze));
+    });
 }
 
 inline Json settings_to_json(const TrainSettings& s) {
@@ -160,6 +210,8 @@ inline std::string settings_problem(const TrainSettings& s) {
     if (!(s.weight_decay >= 0 && s.weight_decay <= 1)) return format("field weight_decay %g is not in [0, 1]", s.weight_decay);
     if (!(s.grad_clip > 0 && s.grad_clip <= 1e6)) return format("field grad_clip %g is not in (0, 1e6]", s.grad_clip);
     if (s.warmup > s.steps) return "field warmup is larger than steps";
+    if (s.stage > 3) return format("field stage is %lld; expected 0 to 3", static_cast<long long>(s.stage));
+    if (s.stage != 0 && !s.train_only.empty()) return "fields stage and train_only are both set";
     return "";
 }
 
@@ -202,6 +254,15 @@ inline void apply_setting_flags(const Args& args, TrainSettings& s) {
         else field = args.get_int(name, field, static_cast<Index>(flag->min));
     });
     s.warmup = std::min(s.warmup, s.steps);
+    if (s.stage > 3)
+        throw CliError(format("--stage must be 1, 2 or 3, got %lld", static_cast<long long>(s.stage)),
+                       "1 = the projector only, 2 = everything, 3 = the MoE layers");
+    if (s.stage != 0 && !s.train_only.empty())
+        throw CliError("--stage and --train-only both say what to train", "pass one of them");
+    for (const char* name : {"--freeze", "--train-only"})
+        if (args.has(name) && split_patterns(args.get(name, "")).empty())
+            throw CliError(std::string(name) + " needs at least one parameter-name pattern",
+                           std::string("write e.g. ") + name + " vision_encoder");
 }
 
 // The settings as run-table rows, "name  value", straight from the field list (those of this
@@ -231,6 +292,11 @@ inline std::vector<FlagSpec> run_flags() {
          "stop after N steps in a row with a non-finite loss or gradient (each is skipped; default 5)"},
         {"--allow-outside-paths", nullptr,
          "let captions.csv name images outside the data folder (absolute paths, '..', symlinks out)"},
+        {"--init-from", "CHECKPOINT",
+         "start from the weights of another run's model (a new run: fresh optimiser, step 0)"},
+        {"--upcycle", nullptr,
+         "with --init-from a dense model (--experts 1): every expert of each MoE layer starts as its FFN"},
+        {"--upcycle-noise", "X", "with --upcycle: add N(0, X^2) noise to each expert's copy (default 0)"},
     };
     TrainSettings defaults;
     for_each_setting(defaults, [&](const char*, const auto&, const SettingFlag* flag) {
@@ -394,6 +460,7 @@ struct BasicRunState {
     Index start_step = 0;     // steps already taken
     CharTokenizer tokenizer;  // the checkpoint's vocabulary (resume only)
     bool resumed = false;
+    std::string init_note;    // where a new run's weights came from (--init-from), for the run table
 };
 using RunState = BasicRunState<Model>;
 
@@ -437,7 +504,23 @@ BasicRunState<ModelType> restore_pair(const Args& args, const fs::path& model_pa
     }
     run.model = std::move(ck.model);
     run.tokenizer = ck.tokenizer;
-    run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters());
+    // The settings first: they say which parameters are frozen, and so which have optimiser state.
+    const auto stored = with_hint(hint, [&] { return seemoe::io::load_safetensors<float>(state_path.string()).metadata; });
+    const auto train_json = stored.find("train");
+    if (train_json == stored.end()) throw CliError(state_path.string() + " lacks the run's settings", hint);
+    run.settings = with_hint(hint, [&] {
+        return seemoe::nn::parse_metadata(state_path.string(), "metadata 'train'",
+                                          [&] { return settings_from_json(Json::parse(train_json->second)); });
+    });
+    const TrainSettings stored_settings = run.settings;
+    apply_setting_flags(args, run.settings);
+    if (run.settings.freeze != stored_settings.freeze || run.settings.train_only != stored_settings.train_only ||
+        run.settings.stage != stored_settings.stage)
+        throw CliError("--freeze, --train-only or --stage differ from the run being resumed",
+                       "drop them when resuming (a run's frozen parameters are fixed); start the next stage as a new "
+                       "run with --init-from");
+    apply_freezing(run.model, run.settings);
+    run.optimizer = std::make_unique<seemoe::AdamW<float>>(seemoe::nn::trainable_parameters(run.model));
     run.start_step = with_hint(hint, [&] {
         return seemoe::nn::load_training_state(state_path.string(), run.model, *run.optimizer, run.rng);
     });
@@ -447,14 +530,6 @@ BasicRunState<ModelType> restore_pair(const Args& args, const fs::path& model_pa
                               model_path.string().c_str(), static_cast<long long>(ck.step),
                               state_path.string().c_str(), static_cast<long long>(run.start_step)),
                        "start afresh with --force");
-    const auto stored = with_hint(hint, [&] { return seemoe::io::load_safetensors<float>(state_path.string()).metadata; });
-    const auto train_json = stored.find("train");
-    if (train_json == stored.end()) throw CliError(state_path.string() + " lacks the run's settings", hint);
-    run.settings = with_hint(hint, [&] {
-        return seemoe::nn::parse_metadata(state_path.string(), "metadata 'train'",
-                                          [&] { return settings_from_json(Json::parse(train_json->second)); });
-    });
-    apply_setting_flags(args, run.settings);
     return run;
 }
 
@@ -542,6 +617,11 @@ inline void print_run_table(const RunState& run, const TrainData& data, const Ru
     };
     for (const auto& row : describe_model(model.config)) rows.push_back(row);
     rows.push_back({"parameters", format_count(model.num_parameters())});
+    Index trainable = 0;
+    for (const Tensor<float>& p : seemoe::nn::trainable_parameters(model)) trainable += p.numel();
+    if (trainable < model.num_parameters())
+        rows.push_back({"trained", format("%s of them (the others frozen)", format_count(trainable).c_str())});
+    if (!run.init_note.empty()) rows.push_back({"init from", run.init_note});
     for (const auto& row : describe_settings(s)) rows.push_back(row);
     if (end_step < s.steps) rows.push_back({"this run stops", format("at step %lld", static_cast<long long>(end_step))});
     if (data.batch_size < s.batch)
@@ -755,16 +835,76 @@ void prepare_optimizer(Run& run) {
         // AdamW's options are fixed at construction: rebuild it around the restored state.
         auto state = run.optimizer->state();
         adamw.weight_decay = settings.weight_decay;
-        run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters(), adamw);
+        run.optimizer = std::make_unique<seemoe::AdamW<float>>(seemoe::nn::trainable_parameters(run.model), adamw);
         run.optimizer->state() = state;
     }
     run.optimizer->set_step_count(run.start_step);
 }
 
+// --init-from: the checkpoint a new run starts from, and whether it is upcycled.
+struct InitFrom {
+    Checkpoint ck;
+    bool upcycle = false;
+    double noise = 0;
+};
+
+// Checks --init-from, --upcycle and --upcycle-noise and loads the checkpoint; `config` becomes the
+// model the run trains: the checkpoint's config with the model flags applied (with --upcycle the
+// number of experts and top-k come from the flags, else the preset). Null without --init-from.
+inline std::unique_ptr<InitFrom> read_init_from(const Args& args, const Preset& preset, VLMConfig& config) {
+    const bool upcycle = args.flag("--upcycle");
+    if (args.has("--upcycle-noise") && !upcycle)
+        throw CliError("--upcycle-noise applies only with --upcycle", "drop --upcycle-noise, or add --upcycle");
+    if (!args.has("--init-from")) {
+        if (upcycle)
+            throw CliError("--upcycle needs --init-from CHECKPOINT, a dense model",
+                           "train one with --experts 1 --top-k 1, then pass --init-from its folder");
+        return nullptr;
+    }
+    if (args.flag("--resume"))
+        throw CliError("--init-from starts a new run and --resume continues one", "pass one of them");
+    auto init = std::make_unique<InitFrom>();
+    init->upcycle = upcycle;
+    init->noise = args.get_double("--upcycle-noise", 0.0, 0.0, 1.0);
+    try {
+        init->ck = load_checkpoint(args.get("--init-from", ""));
+    } catch (const CliError& e) {
+        throw CliError(e.what(), "pass --init-from a model.safetensors written by 'seemoe train' (or its folder)");
+    }
+    config = init->ck.model.config;
+    if (upcycle) {
+        const seemoe::nn::DecoderConfig& dense = config.decoder;
+        if (dense.num_experts != 1 || dense.top_k != 1 || dense.num_shared_experts != 0)
+            throw CliError(format("--upcycle needs a dense checkpoint (1 expert per layer, top-k 1, no shared experts); "
+                                  "%s has %lld experts per layer, top-k %lld, %lld shared",
+                                  init->ck.path.c_str(), static_cast<long long>(dense.num_experts),
+                                  static_cast<long long>(dense.top_k), static_cast<long long>(dense.num_shared_experts)),
+                           "train the dense model with --experts 1 --top-k 1, or drop --upcycle");
+        config.decoder.num_experts = preset.model.decoder.num_experts;
+        config.decoder.top_k = preset.model.decoder.top_k;
+    }
+    apply_model_flags(args, config);
+    if (upcycle) {
+        if (config.decoder.num_experts < 2)
+            throw CliError("--upcycle to 1 expert per layer leaves the model dense", "pass --experts E with E >= 2");
+        if (config.decoder.num_shared_experts > 0)
+            throw CliError("--upcycle with --shared-experts: each shared expert would add one more copy of the FFN, "
+                           "so the upcycled model would not start as the dense one",
+                           "drop --shared-experts");
+        if (config.decoder.router == seemoe::nn::RouterType::SoftmaxTopK)
+            throw CliError("--upcycle with --router softmax_topk: its gates sum to less than 1, so the upcycled model "
+                           "would not start as the dense one",
+                           "use --router noisy_topk or topk_softmax");
+    }
+    return init;
+}
+
 // The model and optimiser of the run: built from `config` (the preset with the flags applied) and
-// the seed, or restored; checked against the data (vocabulary, positions) before anything is
-// written.
-inline void prepare_model(VLMConfig config, const RunFiles& files, const TrainData& data, RunState& run) {
+// the seed, then, with --init-from, given the checkpoint's weights (or upcycled from them); or
+// restored. Frozen parameters (--freeze, --train-only, --stage) get no optimiser state. Checked
+// against the data (vocabulary, positions) before anything is written.
+inline void prepare_model(VLMConfig config, const RunFiles& files, const TrainData& data, RunState& run,
+                          InitFrom* init = nullptr) {
     const TrainSettings& settings = run.settings;
     if (run.resumed && data.tokenizer != run.tokenizer)
         throw CliError("the characters of " + settings.data + " differ from the vocabulary of the checkpoint in " +
@@ -782,7 +922,24 @@ inline void prepare_model(VLMConfig config, const RunFiles& files, const TrainDa
     if (!run.resumed) {
         run.rng.seed(settings.seed);  // one stream: initial weights first, then dropout and router noise
         run.model = with_hint("pick other model sizes", [&] { return Model(config, run.rng); });
-        run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters());
+        if (init) {
+            if (data.tokenizer != init->ck.tokenizer)
+                throw CliError("the characters of " + settings.data + " differ from the vocabulary of " + init->ck.path,
+                               "train on the data the --init-from checkpoint was trained on");
+            if (init->upcycle) {
+                with_hint("pass --init-from a dense model of this run's sizes", [&] {
+                    seemoe::nn::upcycle_from(run.model, init->ck.model, init->noise, run.rng);
+                });
+                run.init_note = format("%s, upcycled to %lld experts (noise %g)", init->ck.path.c_str(),
+                                       static_cast<long long>(config.decoder.num_experts), init->noise);
+            } else {
+                with_hint("drop the model size flags that change the checkpoint's sizes, or add --upcycle",
+                          [&] { seemoe::nn::copy_parameters(run.model, init->ck.model); });
+                run.init_note = init->ck.path;
+            }
+        }
+        apply_freezing(run.model, settings);
+        run.optimizer = std::make_unique<seemoe::AdamW<float>>(seemoe::nn::trainable_parameters(run.model));
     }
     prepare_optimizer(run);
 }
@@ -844,19 +1001,25 @@ inline int run_train(int argc, char** argv, Team& team) {
     if (!text && preset.text && !args.flag("--resume"))
         throw CliError("--preset " + preset.name + " trains a text-only model and needs --text FILE",
                        "pass --text FILE (e.g. tinyshakespeare.txt; see README 'Text only (makeMoE)')");
+    for (const char* flag : {"--init-from", "--upcycle", "--upcycle-noise"})
+        if (text && args.has(flag))
+            throw CliError(std::string(flag) + " applies to image runs, not to a text run (--text)",
+                           std::string("drop ") + flag);
     if (text) return run_text_train(args, preset, files, stop_at, max_bad_steps, wall, team);
 
     // ---- check everything: settings, checkpoint, data, model; nothing is written yet ----------
     // With several ranks, a failure on any of them stops all of them here, with its message.
     RunState run;
     std::unique_ptr<const TrainData> loaded;
+    std::unique_ptr<InitFrom> init;
     team.agree([&] {
         run = args.flag("--resume") ? restore_run(args, files) : new_run(args, preset, files);
         VLMConfig config = run.resumed ? run.model.config : preset.model;
-        if (!run.resumed) apply_model_flags(args, config);
+        init = read_init_from(args, preset, config);
+        if (!run.resumed && !init) apply_model_flags(args, config);
         loaded = std::make_unique<const TrainData>(run.settings.data, config.vision.image_size, run.settings.batch,
                                                    args.flag("--allow-outside-paths"));
-        prepare_model(config, files, *loaded, run);
+        prepare_model(config, files, *loaded, run, init.get());
         if (loaded->batch_size < team.size())
             throw CliError(format("a batch of %lld images cannot give each of the %d ranks one",
                                   static_cast<long long>(loaded->batch_size), team.size()),

@@ -61,3 +61,4 @@
 #include "nn/decoder.hpp"
 #include "nn/vlm.hpp"
 #include "nn/checkpoint.hpp"
+#include "nn/staging.hpp"

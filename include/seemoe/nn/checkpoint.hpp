@@ -340,18 +340,35 @@ inline void rng_from_string(Rng& rng, const std::string& text) {
     rng.set_state(s);
 }
 
+// The model's name of each of the optimiser's parameters, in the optimiser's order. The optimiser
+// may hold a subset of the model's parameters: frozen ones (nn/staging.hpp) have no state.
+template <typename Optimizer>
+std::vector<std::string> optimizer_parameter_names(Module<float>& model, const Optimizer& optimizer) {
+    std::map<const Node<float>*, std::string> names;
+    for (auto& [name, p] : model.named_parameters()) names.emplace(p.node().get(), name);
+    std::vector<std::string> out;
+    for (const Tensor<float>& p : optimizer.params()) {
+        const auto it = names.find(p.node().get());
+        SEEMOE_CHECK(it != names.end(), "[checkpoint] the optimiser holds a tensor of shape ", shape_str(p.shape()),
+                     " that is not a parameter of the model");
+        out.push_back(it->second);
+    }
+    return out;
+}
+
+// AdamW moments (exp_avg.<name>, exp_avg_sq.<name>) of every parameter the optimiser trains, their
+// step counts (param_steps, in the optimiser's order), the step and the Rng; frozen parameters
+// have no entry.
 template <typename Optimizer>
 void save_training_state(const std::string& path, Module<float>& model, const Optimizer& optimizer,
                          Index step, const Rng& rng, std::map<std::string, std::string> metadata = {}) {
-    const auto params = model.named_parameters();
+    const std::vector<std::string> names = optimizer_parameter_names(model, optimizer);
     const auto& state = optimizer.state();
-    SEEMOE_CHECK(state.size() == params.size(), "[checkpoint] optimiser has ", state.size(),
-                 " parameter states but the model has ", params.size(), " parameters");
     std::vector<std::pair<std::string, Tensor<float>>> tensors;
     io::Json steps = io::Json::array();
-    for (std::size_t i = 0; i < params.size(); ++i) {
-        tensors.emplace_back("exp_avg." + params[i].first, state[i].exp_avg);
-        tensors.emplace_back("exp_avg_sq." + params[i].first, state[i].exp_avg_sq);
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        tensors.emplace_back("exp_avg." + names[i], state[i].exp_avg);
+        tensors.emplace_back("exp_avg_sq." + names[i], state[i].exp_avg_sq);
         steps.push_back(io::Json(static_cast<std::int64_t>(state[i].step)));
     }
     metadata["step"] = std::to_string(step);
@@ -360,20 +377,24 @@ void save_training_state(const std::string& path, Module<float>& model, const Op
     io::save_safetensors(path, tensors, metadata);
 }
 
-// Restores the optimiser moments and the rng; returns the training step to continue from.
+// Restores the optimiser moments and the rng; returns the training step to continue from. The
+// file must hold the state of exactly the parameters the optimiser trains (the same frozen ones).
 template <typename Optimizer>
 Index load_training_state(const std::string& path, Module<float>& model, Optimizer& optimizer, Rng& rng) {
     io::SafetensorsFile file = io::load_safetensors<float>(path);
-    const auto params = model.named_parameters();
+    const std::vector<std::string> names = optimizer_parameter_names(model, optimizer);
+    const auto& params = optimizer.params();
     auto& state = optimizer.state();
-    SEEMOE_CHECK(state.size() == params.size(), "[checkpoint] optimiser/model mismatch while resuming");
     for (const char* key : {"step", "param_steps", "rng"})
         SEEMOE_CHECK(file.metadata.count(key), "[checkpoint] '", path, "' lacks '", key, "' in its metadata");
+    SEEMOE_CHECK(file.tensors.size() == 2 * names.size(), "[checkpoint] '", path, "' holds the optimiser state of ",
+                 file.tensors.size() / 2, " parameters; this run trains ", names.size(),
+                 ": was it saved with other parameters frozen?");
     const Index step = parse_step(file.metadata.at("step"), path);
     const std::vector<Index> param_steps = parse_metadata(path, "metadata 'param_steps'", [&] {
         const io::Json steps = io::Json::parse(file.metadata.at("param_steps"));
-        SEEMOE_CHECK(steps.is_array() && steps.size() == params.size(), "expected an array of ", params.size(),
-                     " step counts (one per parameter)");
+        SEEMOE_CHECK(steps.is_array() && steps.size() == names.size(), "expected an array of ", names.size(),
+                     " step counts (one per trained parameter)");
         std::vector<Index> out;
         for (std::size_t i = 0; i < steps.size(); ++i) {
             out.push_back(steps.at(i).as_int());
@@ -384,23 +405,22 @@ Index load_training_state(const std::string& path, Module<float>& model, Optimiz
     });
     Rng restored(0);
     parse_metadata(path, "metadata 'rng'", [&] { rng_from_string(restored, file.metadata.at("rng")); });
-    for (std::size_t i = 0; i < params.size(); ++i) {
+    for (std::size_t i = 0; i < names.size(); ++i) {
         for (auto [prefix, target] : {std::pair<const char*, Tensor<float>*>{"exp_avg.", &state[i].exp_avg},
                                       {"exp_avg_sq.", &state[i].exp_avg_sq}}) {
-            const Tensor<float>& stored = file.at(prefix + params[i].first);
-            SEEMOE_CHECK(stored.shape() == params[i].second.shape(), "[checkpoint] '", path, "': '", prefix,
-                         params[i].first, "' has shape ", shape_str(stored.shape()), ", expected ",
-                         shape_str(params[i].second.shape()));
-            SEEMOE_CHECK(std::all_of(stored.data(), stored.data() + stored.numel(),
+            const Tensor<float>* stored = file.find(prefix + names[i]);
+            SEEMOE_CHECK(stored, "[checkpoint] '", path, "' has no optimiser state '", prefix, names[i],
+                         "' for a parameter this run trains: was it saved with other parameters frozen?");
+            SEEMOE_CHECK(stored->shape() == params[i].shape(), "[checkpoint] '", path, "': '", prefix, names[i],
+                         "' has shape ", shape_str(stored->shape()), ", expected ", shape_str(params[i].shape()));
+            SEEMOE_CHECK(std::all_of(stored->data(), stored->data() + stored->numel(),
                                      [&](float v) { return std::isfinite(v) && (target == &state[i].exp_avg || v >= 0); }),
-                         "[checkpoint] '", path, "': '", prefix, params[i].first,
+                         "[checkpoint] '", path, "': '", prefix, names[i],
                          "' holds a NaN, an infinity or (exp_avg_sq) a negative value");
-            *target = stored.clone();
+            *target = stored->clone();
         }
         state[i].step = param_steps[i];
     }
-    SEEMOE_CHECK(file.tensors.size() == 2 * params.size(), "[checkpoint] '", path, "' holds ", file.tensors.size(),
-                 " tensors; the model's optimiser state has ", 2 * params.size());
     rng = restored;
     return step;
 }
