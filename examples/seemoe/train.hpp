@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "evaluation.hpp"
+#include "pictures.hpp"
 #include "presets.hpp"
 #include "team.hpp"
 #include "text.hpp"
@@ -779,6 +780,13 @@ inline Rng rank_step_rng(std::uint64_t seed, Index step, int rank) {
 inline int run_text_train(const Args& args, const Preset& preset, const RunFiles& files, Index stop_at,
                           Index max_bad_steps, const Stopwatch& wall, Team& team);
 
+// The pictures of a finished run, next to its metrics (pictures.hpp): the loss curves.
+inline void write_run_pictures(const RunFiles& files) {
+    const fs::path png = files.out / "loss.png";
+    if (write_loss_picture(files.metrics, png, "loss: " + files.out.string()))
+        std::printf("pictures         %s\n", png.string().c_str());
+}
+
 inline int run_train(int argc, char** argv, Team& team) {
     Args args("train", train_flags(), argc, argv, 2);
     if (args.help()) {
@@ -907,6 +915,8 @@ inline int run_train(int argc, char** argv, Team& team) {
         return 0;
     }
     metrics << final_report(model, data, end_step, wall, files).dump() << "\n";
+    metrics.flush();
+    write_run_pictures(files);
     return 0;
 }
 
