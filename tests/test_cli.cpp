@@ -44,8 +44,13 @@ TEST_CASE("seemoe train, caption and eval run end to end on the tiny data", "[cl
     CHECK(fs::exists(run_dir / "model.safetensors"));
     CHECK(fs::exists(run_dir / "checkpoints"));
     CHECK_FALSE(fs::exists(run_dir / "model.safetensors.tmp"));
-    // The loss picture of the finished run (pictures.hpp), a PNG that decodes.
+    // The pictures of the finished run (pictures.hpp), PNGs that decode: the loss curves and, for
+    // each of the 2 MoE layers, the val routing by word and by modality.
     CHECK(png_size(run_dir / "loss.png").first > 100);
+    for (const char* name : {"routing_val_words_layer0.png", "routing_val_words_layer1.png",
+                             "routing_val_modality_layer0.png", "routing_val_modality_layer1.png"})
+        CHECK(png_size(run_dir / name).first > 100);
+    CHECK_FALSE(fs::exists(run_dir / "routing_val_words_layer2.png"));
 
     // metrics.jsonl: one object per step, val figures at the eval step, then the final report.
     const std::vector<Json> rows = read_metrics(run_dir / "metrics.jsonl");
@@ -118,6 +123,8 @@ TEST_CASE("seemoe train, caption and eval run end to end on the tiny data", "[cl
     INFO(plotted.out << plotted.err);
     REQUIRE(plotted.code == 0);
     CHECK(png_size(plots / "loss.png").first > 100);
+    CHECK(png_size(plots / "routing_test_words_layer1.png").first > 100);
+    CHECK(png_size(plots / "routing_test_modality_layer1.png").first > 100);
     fs::remove(run_dir / "loss.png");
     CHECK(run_cli(dir, eval_cmd + " --no-plots").code == 0);
     CHECK_FALSE(fs::exists(run_dir / "loss.png"));

@@ -42,7 +42,10 @@ inline std::string eval_usage() {
            "its text file: loss per character and bits per character (loss / ln 2), every character\n"
            "predicted once from the up to block_size characters before it.\n\n"
            "Pictures (PNG, into --plots DIR, by default the model's folder): loss.png, the train and\n"
-           "val loss curves from the metrics.jsonl next to the model (when there is one).\n\n"
+           "val loss curves from the metrics.jsonl next to the model (when there is one); for image\n"
+           "models, per MoE layer l, routing_SPLIT_words_layerl.png (the share of each caption word's\n"
+           "tokens at each expert) and routing_SPLIT_modality_layerl.png (the share of the visual and\n"
+           "of the text tokens at each expert).\n\n"
            "flags:\n" +
            flag_help(eval_flags());
 }
@@ -81,13 +84,19 @@ inline std::string plots_folder(const Args& args, const std::string& model_path)
     return dir;
 }
 
-// The loss picture of the model's run, if its metrics.jsonl is next to it.
-inline void write_eval_pictures(const std::string& plots, const std::string& model_path) {
+// The loss picture of the model's run, if its metrics.jsonl is next to it, and (image models)
+// each MoE layer's routing of the split.
+inline void write_eval_pictures(const std::string& plots, const std::string& model_path, const std::string& split = "",
+                                const RoutingAnalysis* analysis = nullptr) {
     if (plots.empty()) return;
+    std::vector<std::string> written;
     const fs::path metrics = fs::path(model_path).parent_path() / "metrics.jsonl";
     const fs::path png = fs::path(plots) / "loss.png";
     if (write_loss_picture(metrics, png, "loss: " + fs::path(model_path).parent_path().string()))
-        std::printf("pictures: %s\n", png.string().c_str());
+        written.push_back(png.string());
+    if (analysis && !analysis->layers().empty())
+        for (const std::string& f : write_routing_pictures(plots, split, *analysis)) written.push_back(f);
+    for (const std::string& f : written) std::printf("picture: %s\n", f.c_str());
 }
 
 // `seemoe eval` on a text model: the val part of its text file, every character once.
@@ -163,7 +172,8 @@ inline int run_eval(int argc, char** argv) {
     Stopwatch clock;
     RoutingCounts routing;
     const std::vector<Index> samples = all_samples(ds);
-    const double loss = mean_loss(ck.model, batcher, samples, batch, &routing);
+    RoutingAnalysis analysis;
+    const double loss = mean_loss(ck.model, batcher, samples, batch, &routing, plots.empty() ? nullptr : &analysis);
     const CaptionScore score = score_captions(ck.model, batcher, samples, batch);
 
     print_table("seemoe eval",
@@ -182,7 +192,7 @@ inline int run_eval(int argc, char** argv) {
     }
 
     print_routing(routing, ck.model.config.decoder.top_k);
-    write_eval_pictures(plots, ck.path);
+    write_eval_pictures(plots, ck.path, seemoe::data::split_name(split), &analysis);
     return 0;
 }
 
