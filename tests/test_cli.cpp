@@ -12,12 +12,24 @@
 #include <seemoe/nn/checkpoint.hpp>
 #include <seemoe/io/json.hpp>
 
+#include <stb/stb_image.h>
+
 #include <cmath>
 #include <cstdio>
+#include <utility>
 
 #include "cli_run.hpp"
 
 using namespace cli_test;
+
+namespace {
+// The width and height of the image file at `path` ({0, 0} if it is missing or no image).
+std::pair<int, int> png_size(const fs::path& path) {
+    int w = 0, h = 0, n = 0;
+    if (stbi_info(path.string().c_str(), &w, &h, &n) != 1) return {0, 0};
+    return {w, h};
+}
+}  // namespace
 
 TEST_CASE("seemoe train, caption and eval run end to end on the tiny data", "[cli]") {
     const fs::path dir = scratch("end_to_end");
@@ -32,6 +44,13 @@ TEST_CASE("seemoe train, caption and eval run end to end on the tiny data", "[cl
     CHECK(fs::exists(run_dir / "model.safetensors"));
     CHECK(fs::exists(run_dir / "checkpoints"));
     CHECK_FALSE(fs::exists(run_dir / "model.safetensors.tmp"));
+    // The pictures of the finished run (pictures.hpp), PNGs that decode: the loss curves and, for
+    // each of the 2 MoE layers, the val routing by word and by modality.
+    CHECK(png_size(run_dir / "loss.png").first > 100);
+    for (const char* name : {"routing_val_words_layer0.png", "routing_val_words_layer1.png",
+                             "routing_val_modality_layer0.png", "routing_val_modality_layer1.png"})
+        CHECK(png_size(run_dir / name).first > 100);
+    CHECK_FALSE(fs::exists(run_dir / "routing_val_words_layer2.png"));
 
     // metrics.jsonl: one object per step, val figures at the eval step, then the final report.
     const std::vector<Json> rows = read_metrics(run_dir / "metrics.jsonl");
@@ -94,6 +113,24 @@ TEST_CASE("seemoe train, caption and eval run end to end on the tiny data", "[cl
     while (std::getline(eval_lines, line))
         if (line.rfind("      0 ", 0) == 0 || line.rfind("      1 ", 0) == 0) ++layer_rows;
     CHECK(layer_rows == 2);
+
+    // eval's pictures: into --plots DIR; none with --no-plots; a --plots that is no folder is refused.
+    const fs::path plots = dir / "plots";
+    fs::create_directories(plots);
+    const std::string eval_cmd =
+        "eval --model " + quote(run_dir.string()) + " --data " + quote(kTiny) + " --split test";
+    const Run plotted = run_cli(dir, eval_cmd + " --plots " + quote(plots.string()));
+    INFO(plotted.out << plotted.err);
+    REQUIRE(plotted.code == 0);
+    CHECK(png_size(plots / "loss.png").first > 100);
+    CHECK(png_size(plots / "routing_test_words_layer1.png").first > 100);
+    CHECK(png_size(plots / "routing_test_modality_layer1.png").first > 100);
+    fs::remove(run_dir / "loss.png");
+    CHECK(run_cli(dir, eval_cmd + " --no-plots").code == 0);
+    CHECK_FALSE(fs::exists(run_dir / "loss.png"));
+    const Run missing = run_cli(dir, eval_cmd + " --plots " + quote((dir / "nowhere").string()));
+    CHECK(missing.code == 2);
+    CHECK_THAT(missing.err, Catch::Contains("--plots"));
 }
 
 TEST_CASE("seemoe train: the same seed twice on one thread gives identical losses", "[cli]") {
@@ -240,6 +277,7 @@ TEST_CASE("seemoe train --text, generate and eval run end to end on a small text
     CHECK_THAT(train.out, Catch::Contains("sample (seemoe generate"));
     CHECK(metadata_format(run_dir / "model.safetensors") == seemoe::nn::kTextModelFormat);
     CHECK(fs::exists(run_dir / "checkpoints"));
+    CHECK(png_size(run_dir / "loss.png").first > 100);
 
     // metrics.jsonl: a row per step, val figures every 6 steps, then the final report.
     const std::vector<Json> rows = read_metrics(run_dir / "metrics.jsonl");

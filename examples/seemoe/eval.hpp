@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "evaluation.hpp"
+#include "pictures.hpp"
 #include "text.hpp"
 
 namespace cli {
@@ -24,6 +25,8 @@ inline const std::vector<FlagSpec>& eval_flags() {
         {"--text", "FILE", "text models: the text whose last 10% is scored (default: the one it was trained on)"},
         {"--batch", "N", "images (text: windows) per evaluation batch (default: 64)"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores)"},
+        {"--plots", "DIR", "where the PNG pictures go (default: the model's folder)"},
+        {"--no-plots", nullptr, "write no pictures"},
         {"--allow-outside-paths", nullptr,
          "let captions.csv name images outside the data folder (absolute paths, '..', symlinks out)"},
     };
@@ -38,6 +41,11 @@ inline std::string eval_usage() {
            "each expert of each MoE layer. A text model is scored on the val part (the last 10%) of\n"
            "its text file: loss per character and bits per character (loss / ln 2), every character\n"
            "predicted once from the up to block_size characters before it.\n\n"
+           "Pictures (PNG, into --plots DIR, by default the model's folder): loss.png, the train and\n"
+           "val loss curves from the metrics.jsonl next to the model (when there is one); for image\n"
+           "models, per MoE layer l, routing_SPLIT_words_layerl.png (the share of each caption word's\n"
+           "tokens at each expert) and routing_SPLIT_modality_layerl.png (the share of the visual and\n"
+           "of the text tokens at each expert).\n\n"
            "flags:\n" +
            flag_help(eval_flags());
 }
@@ -62,6 +70,35 @@ inline void print_routing(const RoutingCounts& routing, Index K) {
     }
 }
 
+// The folder --plots names (checked to exist), the model's folder by default, or "" with --no-plots.
+inline std::string plots_folder(const Args& args, const std::string& model_path) {
+    if (args.flag("--no-plots")) {
+        if (args.has("--plots")) throw CliError("--plots and --no-plots contradict each other", "pass one of them");
+        return "";
+    }
+    const std::string dir = args.get("--plots", fs::path(model_path).parent_path().string());
+    std::error_code ec;
+    if (!args.has("--plots")) return dir.empty() ? "." : dir;
+    if (!fs::is_directory(dir, ec))
+        throw CliError("--plots " + dir + " is not a folder", "create it first, or pass --no-plots");
+    return dir;
+}
+
+// The loss picture of the model's run, if its metrics.jsonl is next to it, and (image models)
+// each MoE layer's routing of the split.
+inline void write_eval_pictures(const std::string& plots, const std::string& model_path, const std::string& split = "",
+                                const RoutingAnalysis* analysis = nullptr) {
+    if (plots.empty()) return;
+    std::vector<std::string> written;
+    const fs::path metrics = fs::path(model_path).parent_path() / "metrics.jsonl";
+    const fs::path png = fs::path(plots) / "loss.png";
+    if (write_loss_picture(metrics, png, "loss: " + fs::path(model_path).parent_path().string()))
+        written.push_back(png.string());
+    if (analysis && !analysis->layers().empty())
+        for (const std::string& f : write_routing_pictures(plots, split, *analysis)) written.push_back(f);
+    for (const std::string& f : written) std::printf("picture: %s\n", f.c_str());
+}
+
 // `seemoe eval` on a text model: the val part of its text file, every character once.
 inline int run_text_eval(const Args& args) {
     for (const char* flag : {"--data", "--split"})
@@ -75,6 +112,7 @@ inline int run_text_eval(const Args& args) {
     if (path.empty())
         throw CliError("the checkpoint does not name its text file", "pass --text FILE");
     const TextDataset data = load_text(path, ck.model.config.block_size, &ck.tokenizer);
+    const std::string plots = plots_folder(args, ck.path);
 
     Stopwatch clock;
     RoutingCounts routing;
@@ -89,6 +127,7 @@ inline int run_text_eval(const Args& args) {
                  {"bits per char", format("%.4f", bits_per_character(loss))},
                  {"time", format_duration(clock.seconds())}});
     print_routing(routing, ck.model.config.top_k);
+    write_eval_pictures(plots, ck.path);
     return 0;
 }
 
@@ -128,11 +167,13 @@ inline int run_eval(int argc, char** argv) {
                               static_cast<long long>(needed),
                               static_cast<long long>(ck.model.config.decoder.block_size)),
                        "evaluate on shorter captions");
+    const std::string plots = plots_folder(args, ck.path);
 
     Stopwatch clock;
     RoutingCounts routing;
     const std::vector<Index> samples = all_samples(ds);
-    const double loss = mean_loss(ck.model, batcher, samples, batch, &routing);
+    RoutingAnalysis analysis;
+    const double loss = mean_loss(ck.model, batcher, samples, batch, &routing, plots.empty() ? nullptr : &analysis);
     const CaptionScore score = score_captions(ck.model, batcher, samples, batch);
 
     print_table("seemoe eval",
@@ -151,6 +192,7 @@ inline int run_eval(int argc, char** argv) {
     }
 
     print_routing(routing, ck.model.config.decoder.top_k);
+    write_eval_pictures(plots, ck.path, seemoe::data::split_name(split), &analysis);
     return 0;
 }
 

@@ -24,6 +24,7 @@
 #include <seemoe/seemoe.hpp>
 
 #include "cli.hpp"
+#include "pictures.hpp"
 
 namespace cli {
 
@@ -186,9 +187,10 @@ inline double mean_max_over_mean(const RoutingCounts& routing) {
     return routing.empty() ? 0.0 : total / static_cast<double>(routing.size());
 }
 
-// Mean loss per caption token over `samples`; adds the expert routing to *routing when given.
+// Mean loss per caption token over `samples`; adds the expert routing to *routing when given, and
+// to *analysis (reset first) by caption word and modality for the routing pictures.
 inline double mean_loss(Model& model, const Batcher& batcher, const std::vector<Index>& samples, Index batch_size,
-                        RoutingCounts* routing = nullptr) {
+                        RoutingCounts* routing = nullptr, RoutingAnalysis* analysis = nullptr) {
     if (samples.empty()) return 0.0;
     seemoe::NoGradGuard no_grad;
     const bool was_training = model.is_training();
@@ -198,13 +200,16 @@ inline double mean_loss(Model& model, const Batcher& batcher, const std::vector<
         routing->assign(model.decoder.blocks.size(), std::vector<Index>(
                                                          static_cast<std::size_t>(model.config.decoder.num_experts), 0));
     }
+    const auto layers = static_cast<Index>(model.decoder.blocks.size());
+    if (analysis) *analysis = RoutingAnalysis(layers, model.config.decoder.num_experts, model.config.decoder.top_k);
     double total = 0.0;
     Index tokens = 0;
     for (const auto& group : equal_length_batches(batcher.dataset(), batcher.tokenizer(), samples, batch_size)) {
         seemoe::data::Batch batch = batcher.make_batch(group);
         seemoe::nn::MoETrace<float> trace;
+        const bool traced = routing || analysis;
         const float loss =
-            model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, unused, routing ? &trace : nullptr)
+            model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, unused, traced ? &trace : nullptr)
                 .item();
         const Index n = batch.batch_size * batch.seq_len;  // every target is real: no padding
         total += static_cast<double>(loss) * static_cast<double>(n);
@@ -214,6 +219,12 @@ inline double mean_loss(Model& model, const Batcher& batcher, const std::vector<
                 const auto& counts = trace.layers[l].tokens_per_expert;
                 for (std::size_t e = 0; e < counts.size(); ++e) (*routing)[l][e] += counts[e];
             }
+        if (analysis) {  // which expert took each position, by caption word and by modality
+            const std::vector<std::string> words = words_by_position(batch.captions, batch.seq_len);
+            for (Index l = 0; l < layers && l < static_cast<Index>(trace.layers.size()); ++l)
+                analysis->add(l, trace.layers[static_cast<std::size_t>(l)].experts, batch.batch_size,
+                              model.config.num_visual_tokens(), batch.seq_len, words);
+        }
     }
     model.train(was_training);
     return total / static_cast<double>(tokens);

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "evaluation.hpp"
+#include "pictures.hpp"
 #include "presets.hpp"
 #include "team.hpp"
 #include "text.hpp"
@@ -636,7 +637,7 @@ inline void print_run_table(const RunState& run, const TrainData& data, const Ru
 // Loss, exact match and character accuracy on the full val and test splits: printed, and
 // returned as the final metrics.jsonl line.
 inline Json final_report(Model& model, const TrainData& data, Index step, const Stopwatch& wall,
-                         const RunFiles& files) {
+                         const RunFiles& files, RoutingAnalysis* val_routing = nullptr) {
     Json report = Json::object();
     report["step"] = step;
     report["final"] = true;
@@ -649,7 +650,9 @@ inline Json final_report(Model& model, const TrainData& data, Index step, const 
         }
         const std::vector<Index> samples = all_samples(batcher->dataset());
         RoutingCounts routing;
-        const double loss = mean_loss(model, *batcher, samples, data.eval_batch, &routing);
+        // The val split's routing is also drawn in the run's pictures (write_run_pictures).
+        const double loss = mean_loss(model, *batcher, samples, data.eval_batch, &routing,
+                                      name == "val" ? val_routing : nullptr);
         const CaptionScore score = score_captions(model, *batcher, samples, data.eval_batch);
         rows.push_back({name, format("loss %.4f | exact match %s (%lld/%lld) | char accuracy %s", loss,
                                      format_percent(score.exact_match()).c_str(), static_cast<long long>(score.exact),
@@ -977,6 +980,19 @@ inline Rng rank_step_rng(std::uint64_t seed, Index step, int rank) {
 inline int run_text_train(const Args& args, const Preset& preset, const RunFiles& files, Index stop_at,
                           Index max_bad_steps, const Stopwatch& wall, Team& team);
 
+// The pictures of a finished run, next to its metrics (pictures.hpp): the loss curves and, for
+// an image run with a val split, each MoE layer's routing of the val tokens.
+inline void write_run_pictures(const RunFiles& files, const RoutingAnalysis* val_routing = nullptr) {
+    std::vector<std::string> written;
+    const fs::path png = files.out / "loss.png";
+    if (write_loss_picture(files.metrics, png, "loss: " + files.out.string())) written.push_back(png.string());
+    if (val_routing && !val_routing->layers().empty())
+        for (const std::string& f : write_routing_pictures(files.out, "val", *val_routing)) written.push_back(f);
+    if (!written.empty())
+        std::printf("pictures: %zu PNG files in %s (loss.png%s)\n", written.size(), files.out.string().c_str(),
+                    written.size() > 1 ? ", routing_val_*.png" : "");
+}
+
 inline int run_train(int argc, char** argv, Team& team) {
     Args args("train", train_flags(), argc, argv, 2);
     if (args.help()) {
@@ -1125,7 +1141,10 @@ inline int run_train(int argc, char** argv, Team& team) {
                     format_duration(wall.seconds()).c_str(), files.out.string().c_str());
         return 0;
     }
-    metrics << final_report(model, data, end_step, wall, files).dump() << "\n";
+    RoutingAnalysis val_routing;
+    metrics << final_report(model, data, end_step, wall, files, &val_routing).dump() << "\n";
+    metrics.flush();
+    write_run_pictures(files, &val_routing);
     return 0;
 }
 

@@ -201,6 +201,7 @@ inline int run_text_train(const Args& args, const Preset& preset, const RunFiles
                  {"checkpoint", files.model.string()}});
     metrics << report.dump() << "\n";
     metrics.flush();
+    write_run_pictures(files);
 
     // A taste of the model: 200 sampled characters (temperature 1, the run's seed), from the
     // vocabulary's first character as `seemoe generate` starts without a prompt.
