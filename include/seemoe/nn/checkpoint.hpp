@@ -357,8 +357,10 @@ Index load_training_state(const std::string& path, Module<float>& model, Optimiz
             SEEMOE_CHECK(stored.shape() == params[i].second.shape(), "[checkpoint] '", path, "': '", prefix,
                          params[i].first, "' has shape ", shape_str(stored.shape()), ", expected ",
                          shape_str(params[i].second.shape()));
+            // (a plain bool: C++17 lambdas cannot capture structured bindings)
+            const bool may_be_negative = target == &state[i].exp_avg;
             SEEMOE_CHECK(std::all_of(stored.data(), stored.data() + stored.numel(),
-                                     [&](float v) { return std::isfinite(v) && (target == &state[i].exp_avg || v >= 0); }),
+                                     [may_be_negative](float v) { return std::isfinite(v) && (may_be_negative || v >= 0); }),
                          "[checkpoint] '", path, "': '", prefix, params[i].first,
                          "' holds a NaN, an infinity or (exp_avg_sq) a negative value");
             *target = stored.clone();
