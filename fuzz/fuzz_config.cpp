@@ -1,8 +1,8 @@
 // fuzz/fuzz_config.cpp — what a checkpoint's metadata holds besides tensors: the model config
 // (vision-language and text-only), the vocabulary, and the training state's step and Rng.
 // The first byte picks the reader, the rest is its text:
-//   0  config JSON   -> config_from_json, then check_config (all the value rules of nn/vlm.hpp)
-//   1  text config   -> text_config_from_json, then check_decoder_config
+//   0  config JSON   -> check_config_keys, config_from_json, check_config (the rules of nn/vlm.hpp)
+//   1  text config   -> check_config_keys, text_config_from_json, check_decoder_config
 //   2  vocabulary    -> CharTokenizer::from_json
 //   3  step and Rng  -> parse_step, rng_from_string
 // Accepted: written back (config_to_json, to_json, rng_to_string) and read again it is equal,
@@ -19,7 +19,9 @@ namespace nn = seemoe::nn;
 void vlm_config(std::string_view text) {
     nn::VLMConfig config;
     try {
-        config = nn::config_from_json(Json::parse(text));
+        const Json j = Json::parse(text);
+        nn::check_config_keys(j, nn::vlm_config_keys());
+        config = nn::config_from_json(j);
         nn::check_config(config, "[fuzz]");
     } catch (const seemoe::Error&) {
         return;
@@ -33,7 +35,9 @@ void vlm_config(std::string_view text) {
 void text_config(std::string_view text) {
     nn::DecoderConfig config;
     try {
-        config = nn::text_config_from_json(Json::parse(text));
+        const Json j = Json::parse(text);
+        nn::check_config_keys(j, nn::text_config_keys());
+        config = nn::text_config_from_json(j);
         nn::check_decoder_config(config, "[fuzz]", "decoder.");
     } catch (const seemoe::Error&) {
         return;

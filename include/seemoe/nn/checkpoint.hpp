@@ -121,6 +121,47 @@ inline VLMConfig config_from_json(const io::Json& j) {
     return c;
 }
 
+// Refuses a config JSON holding a key no config field has ("field decoder.n_expert: unknown
+// field"): a typo, or a setting of a newer seemoe that this one would silently ignore, building a
+// different model than the one saved. `known` holds "section." for each nested object and
+// "section.name" or "name" for each field.
+inline void check_config_keys(const io::Json& j, const std::set<std::string>& known) {
+    if (!j.is_object()) return;  // config_from_json says what is wrong with it
+    for (const auto& [key, value] : j.as_object()) {
+        if (value.is_object() && known.count(key + ".")) {
+            for (const auto& [inner, unused] : value.as_object())
+                SEEMOE_CHECK(known.count(key + "." + inner), "field ", key, ".", inner,
+                             ": unknown field (not a config field of this seemoe)");
+        } else {
+            SEEMOE_CHECK(known.count(key), "field ", key, ": unknown field (not a config field of this seemoe)");
+        }
+    }
+}
+
+// The keys a VLM config JSON may hold: "section." for each section, "section.name" and top-level names.
+inline const std::set<std::string>& vlm_config_keys() {
+    static const std::set<std::string> keys = [] {
+        std::set<std::string> out;
+        const VLMConfig c;
+        for_each_field(c, [&](const char* section, const char* name, const auto&) {
+            if (*section) out.insert(std::string(section) + ".");
+            out.insert(*section ? std::string(section) + "." + name : std::string(name));
+        });
+        return out;
+    }();
+    return keys;
+}
+
+inline const std::set<std::string>& text_config_keys() {
+    static const std::set<std::string> keys = [] {
+        std::set<std::string> out = {"decoder."};
+        const DecoderConfig c;
+        for_each_decoder_field(c, [&](const char* name, const auto&) { out.insert(std::string("decoder.") + name); });
+        return out;
+    }();
+    return keys;
+}
+
 // Runs `parse`, prefixing any Error with "[checkpoint] '<path>': <what>: ".
 template <typename Parse>
 auto parse_metadata(const std::string& path, const char* what, Parse&& parse) -> decltype(parse()) {
@@ -199,7 +240,11 @@ inline LoadedModel load_model(const std::string& path) {
     // Checkpoints written before the format entry existed are vision-language models.
     check_model_format(file.metadata, path, kModelFormat);
     LoadedModel out;
-    out.config = parse_metadata(path, "metadata 'config'", [&] { return config_from_json(io::Json::parse(meta("config"))); });
+    out.config = parse_metadata(path, "metadata 'config'", [&] {
+        const io::Json j = io::Json::parse(meta("config"));
+        check_config_keys(j, vlm_config_keys());
+        return config_from_json(j);
+    });
     check_config(out.config, "[checkpoint] '" + path + "'");
     out.tokenizer = parse_metadata(path, "metadata 'vocab'", [&] { return data::CharTokenizer::from_json(meta("vocab")); });
     SEEMOE_CHECK(out.tokenizer.vocab_size() == out.config.decoder.vocab_size, "[checkpoint] '", path, "' has ",
@@ -270,8 +315,11 @@ inline LoadedTextModel load_text_model(const std::string& path) {
         return it->second;
     };
     LoadedTextModel out;
-    out.config =
-        parse_metadata(path, "metadata 'config'", [&] { return text_config_from_json(io::Json::parse(meta("config"))); });
+    out.config = parse_metadata(path, "metadata 'config'", [&] {
+        const io::Json j = io::Json::parse(meta("config"));
+        check_config_keys(j, text_config_keys());
+        return text_config_from_json(j);
+    });
     check_decoder_config(out.config, "[checkpoint] '" + path + "'", "decoder.");
     out.tokenizer = parse_metadata(path, "metadata 'vocab'", [&] { return data::CharTokenizer::from_json(meta("vocab")); });
     SEEMOE_CHECK(out.tokenizer.vocab_size() == out.config.vocab_size, "[checkpoint] '", path, "' has ",
