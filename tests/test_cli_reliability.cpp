@@ -14,7 +14,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <map>
 #include <thread>
 
 #include <seemoe/io/checkpoint_folder.hpp>
@@ -403,6 +408,255 @@ TEST_CASE("cli: a run saved in the side-by-side layout of before still resumes",
     CHECK_THAT(run.out, Catch::Contains("resuming from step 3"));
     CHECK(losses(dir / "run" / "metrics.jsonl") == losses(dir / "full" / "metrics.jsonl"));
     CHECK_FALSE(fs::exists(dir / "run" / "training_state.safetensors"));  // replaced by the folders
+}
+
+namespace {
+
+// A safetensors file taken apart at the byte level, so that a variant can break what
+// save_safetensors would never write: the 8-byte header length, the JSON header, the data.
+struct RawSafetensors {
+    Json header;
+    std::string data;
+
+    static RawSafetensors read(const fs::path& path) {
+        const std::string bytes = read_text(path);
+        REQUIRE(bytes.size() >= 8);
+        std::uint64_t n = 0;
+        for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]);
+        REQUIRE(8 + n <= bytes.size());
+        return {Json::parse(bytes.substr(8, n)), bytes.substr(8 + n)};
+    }
+    // Writes the header (its length first, little-endian) and the data.
+    void write(const fs::path& path) const { write_with_length(path, header.dump(), header.dump().size()); }
+    void write_with_length(const fs::path& path, const std::string& text, std::uint64_t length) const {
+        std::string bytes(8, '\0');
+        for (int i = 0; i < 8; ++i) bytes[static_cast<std::size_t>(i)] = static_cast<char>((length >> (8 * i)) & 0xFF);
+        std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes << text << data;
+    }
+    // The first tensor entry (not __metadata__).
+    Json& first_tensor() {
+        for (auto& [name, value] : header.as_object())
+            if (name != "__metadata__") return value;
+        FAIL("no tensor");
+        return header;
+    }
+    std::string first_tensor_name() const {
+        for (const auto& [name, value] : header.as_object())
+            if (name != "__metadata__") return name;
+        return "";
+    }
+    Json& metadata() { return header.as_object().front().first == "__metadata__" ? header.as_object().front().second
+                                                                                  : header["__metadata__"]; }
+    // Replaces `from` with `to` in metadata entry `key` (a JSON string held as text).
+    void edit_metadata(const std::string& key, const std::string& from, const std::string& to) {
+        std::string text = metadata().at(key).as_string();
+        const std::size_t at = text.find(from);
+        REQUIRE(at != std::string::npos);
+        text.replace(at, from.size(), to);
+        metadata()[key] = Json(text);
+    }
+    // Writes the float `value` over element `index` of tensor `name`.
+    void set_float(const std::string& name, std::size_t index, float value) {
+        const std::size_t begin = static_cast<std::size_t>(header.at(name).at("data_offsets").at(0).as_int());
+        std::memcpy(&data[begin + 4 * index], &value, 4);
+    }
+};
+
+// The 8-byte little-endian header length at the start of a safetensors file, read and written.
+std::uint64_t length_of(const std::string& b) {
+    std::uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(b[static_cast<std::size_t>(i)]);
+    return n;
+}
+void set_length(std::string& b, std::uint64_t n) {
+    for (int i = 0; i < 8; ++i) b[static_cast<std::size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
+}
+
+// Every file under `dir` with its size: what "nothing written" compares.
+std::map<std::string, std::uintmax_t> listing(const fs::path& dir) {
+    std::map<std::string, std::uintmax_t> out;
+    for (const auto& entry : fs::recursive_directory_iterator(dir))
+        out[entry.path().string()] = entry.is_regular_file() ? entry.file_size() : 0;
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("cli: 30+ corrupted checkpoints and training states are each refused naming the file, writing nothing",
+          "[cli][reliability]") {
+    const fs::path dir = scratch("corrupted");
+    // One checkpoint only, so --resume has nothing to fall back on and must refuse.
+    REQUIRE(run_cli(dir, train_tiny(dir / "run", "--steps 2 --save-every 1 --keep-checkpoints 1")).code == 0);
+    const std::string image = quote(kTiny + "/test/00000.png");
+    using Edit = std::function<void(const fs::path&)>;
+    auto raw = [](std::function<void(RawSafetensors&)> change) -> Edit {
+        return [change](const fs::path& path) {
+            RawSafetensors file = RawSafetensors::read(path);
+            change(file);
+            file.write(path);
+        };
+    };
+    auto bytes = [](std::function<void(std::string&)> change) -> Edit {
+        return [change](const fs::path& path) {
+            std::string b = read_text(path);
+            change(b);
+            std::ofstream(path, std::ios::binary | std::ios::trunc) << b;
+        };
+    };
+    static const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    struct Variant {
+        const char* name;
+        bool state;  // the training state (read by --resume) rather than the model (read by caption)
+        Edit edit;
+        const char* expected;
+    };
+    const std::vector<Variant> variants = {
+        // The container: length field, header, data section.
+        {"empty file", false, bytes([](std::string& b) { b.clear(); }), "file too short"},
+        {"7 bytes", false, bytes([](std::string& b) { b.resize(7); }), "file too short"},
+        {"cut inside the header", false, bytes([](std::string& b) { b.resize(200); }), "runs past the end"},
+        {"cut inside the data", false, bytes([](std::string& b) { b.resize(b.size() - 100); }), "past the end"},
+        {"one byte appended", false, bytes([](std::string& b) { b += 'x'; }), "belong to no tensor"},
+        {"header length 0", false, bytes([](std::string& b) { std::fill(b.begin(), b.begin() + 8, '\0'); }),
+         "does not start with '{'"},
+        {"header length 2^63", false, bytes([](std::string& b) { b[7] = static_cast<char>(0x80); }), "runs past the end"},
+        {"header length 9 short", false, bytes([](std::string& b) { set_length(b, length_of(b) - 9); }),
+         "not valid JSON"},
+        {"header not JSON", false, bytes([](std::string& b) { b[8] = '['; }), "does not start with '{'"},
+        {"header JSON cut", false, bytes([](std::string& b) { b[9] = '}'; }), "not valid JSON"},
+        {"dtype unknown", false, raw([](RawSafetensors& f) { f.first_tensor()["dtype"] = Json("F99"); }),
+         "unknown dtype"},
+        {"dtype F64 for F32 data", false, raw([](RawSafetensors& f) { f.first_tensor()["dtype"] = Json("F64"); }),
+         "need"},
+        {"dtype F16 for F32 data", false, raw([](RawSafetensors& f) { f.first_tensor()["dtype"] = Json("F16"); }),
+         "need"},
+        {"dtype not a string", false, raw([](RawSafetensors& f) { f.first_tensor()["dtype"] = Json(32); }),
+         "not a string"},
+        {"offset end out of range", false,
+         raw([](RawSafetensors& f) { f.first_tensor()["data_offsets"].as_array()[1] = Json(std::int64_t(1) << 40); }),
+         "data_offsets"},
+        {"offsets reversed", false, raw([](RawSafetensors& f) {
+             Json& o = f.first_tensor()["data_offsets"];
+             std::swap(o.as_array()[0], o.as_array()[1]);
+         }),
+         "expected [begin, end]"},
+        {"offsets not numbers", false,
+         raw([](RawSafetensors& f) { f.first_tensor()["data_offsets"].as_array()[0] = Json("0"); }), "data_offsets"},
+        {"shape too large", false,
+         raw([](RawSafetensors& f) { f.first_tensor()["shape"].as_array()[0] = Json(std::int64_t(1) << 40); }),
+         "data_offsets"},
+        {"shape negative", false, raw([](RawSafetensors& f) { f.first_tensor()["shape"].as_array()[0] = Json(-4); }),
+         "not a non-negative integer"},
+        {"tensor field missing", false, raw([](RawSafetensors& f) { f.first_tensor().as_object().pop_back(); }),
+         "needs the fields"},
+        {"tensor field extra", false, raw([](RawSafetensors& f) { f.first_tensor()["scale"] = Json(2); }),
+         "unexpected field"},
+        {"NaN in a weight", false, raw([](RawSafetensors& f) { f.set_float(f.first_tensor_name(), 3, nan); }),
+         "holds a NaN or an infinity"},
+        {"infinity in a weight", false, raw([](RawSafetensors& f) { f.set_float(f.first_tensor_name(), 0, -inf); }),
+         "holds a NaN or an infinity"},
+        {"tensor renamed", false, raw([](RawSafetensors& f) {
+             auto& members = f.header.as_object();
+             for (auto& m : members)
+                 if (m.first != "__metadata__") {
+                     m.first = "decoder.unknown.weight";
+                     break;
+                 }
+         }),
+         "has no tensor"},
+        {"metadata not strings", false, raw([](RawSafetensors& f) { f.metadata()["step"] = Json(2); }),
+         "must be a string"},
+        // The metadata: format, config, vocabulary, step.
+        {"format wrong", false, raw([](RawSafetensors& f) { f.metadata()["format"] = Json("pytorch"); }), "format"},
+        {"config missing", false, raw([](RawSafetensors& f) {
+             auto& m = f.metadata().as_object();
+             m.erase(std::remove_if(m.begin(), m.end(), [](const auto& p) { return p.first == "config"; }), m.end());
+         }),
+         "has no 'config'"},
+        {"config not JSON", false, raw([](RawSafetensors& f) { f.metadata()["config"] = Json("{\"vision\":"); }),
+         "metadata 'config'"},
+        {"config field missing", false, raw([](RawSafetensors& f) { f.edit_metadata("config", "\"n_head\":2,", ""); }),
+         "field decoder.n_head"},
+        {"config field extra", false,
+         raw([](RawSafetensors& f) { f.edit_metadata("config", "\"n_head\":2,", "\"n_head\":2,\"n_heads_kv\":1,"); }),
+         "field decoder.n_heads_kv: unknown field"},
+        {"config field not a number", false,
+         raw([](RawSafetensors& f) { f.edit_metadata("config", "\"n_layer\":2", "\"n_layer\":\"two\""); }),
+         "field decoder.n_layer"},
+        {"config top-k over experts", false,
+         raw([](RawSafetensors& f) { f.edit_metadata("config", "\"top_k\":2", "\"top_k\":9"); }), "decoder.top_k"},
+        {"config sizes disagree with tensors", false,
+         raw([](RawSafetensors& f) { f.edit_metadata("config", "\"n_layer\":2", "\"n_layer\":3"); }), "has no tensor"},
+        {"vocabulary not an array", false, raw([](RawSafetensors& f) { f.metadata()["vocab"] = Json("{}"); }),
+         "metadata 'vocab'"},
+        {"vocabulary one token short", false,
+         raw([](RawSafetensors& f) { f.edit_metadata("vocab", "\"a\",", ""); }), "vocabulary tokens"},
+        {"step not a number", false, raw([](RawSafetensors& f) { f.metadata()["step"] = Json("2.5"); }),
+         "has step '2.5'"},
+        // The training state: moments, step counts, Rng, the run's settings.
+        {"state cut", true, bytes([](std::string& b) { b.resize(b.size() / 2); }), "past the end"},
+        {"state NaN moment", true, raw([](RawSafetensors& f) { f.set_float(f.first_tensor_name(), 0, nan); }),
+         "holds a NaN"},
+        {"state negative second moment", true, raw([](RawSafetensors& f) {
+             for (const auto& [name, value] : f.header.as_object())
+                 if (name.rfind("exp_avg_sq.", 0) == 0) return f.set_float(name, 0, -1.0f);
+         }),
+         "negative"},
+        {"state moment missing", true, raw([](RawSafetensors& f) {
+             auto& members = f.header.as_object();
+             const auto it = std::find_if(members.begin(), members.end(),
+                                          [](const auto& m) { return m.first != "__metadata__"; });
+             members.erase(it);  // its bytes stay, claimed by no tensor
+         }),
+         "belong to no tensor"},
+        {"state step not a number", true, raw([](RawSafetensors& f) { f.metadata()["step"] = Json("abc"); }),
+         "has step 'abc'"},
+        {"state step from another checkpoint", true, raw([](RawSafetensors& f) { f.metadata()["step"] = Json("1"); }),
+         "step 1"},
+        {"state param_steps not JSON", true, raw([](RawSafetensors& f) { f.metadata()["param_steps"] = Json("[2,"); }),
+         "metadata 'param_steps'"},
+        {"state param_steps too few", true, raw([](RawSafetensors& f) { f.metadata()["param_steps"] = Json("[2]"); }),
+         "metadata 'param_steps'"},
+        {"state rng too short", true, raw([](RawSafetensors& f) { f.metadata()["rng"] = Json("[\"1\"]"); }),
+         "metadata 'rng'"},
+        {"state rng word over 2^64", true,
+         raw([](RawSafetensors& f) { f.edit_metadata("rng", "[\"", "[\"99999999999999999999"); }), "metadata 'rng'"},
+        {"state settings missing", true, raw([](RawSafetensors& f) {
+             auto& m = f.metadata().as_object();
+             m.erase(std::remove_if(m.begin(), m.end(), [](const auto& p) { return p.first == "train"; }), m.end());
+         }),
+         "lacks the run's settings"},
+        {"state setting not a number", true,
+         raw([](RawSafetensors& f) { f.edit_metadata("train", "\"batch\":8", "\"batch\":\"eight\""); }), "field batch"},
+        {"state setting out of range", true,
+         raw([](RawSafetensors& f) { f.edit_metadata("train", "\"batch\":8", "\"batch\":-8"); }), "batch"},
+    };
+    REQUIRE(variants.size() >= 30);
+    const fs::path folder = dir / "copy" / "checkpoints" / step_dir(2);
+    for (const Variant& v : variants) {
+        INFO(v.name);
+        fs::remove_all(dir / "copy");
+        fs::copy(dir / "run", dir / "copy", fs::copy_options::recursive);
+        const fs::path file = folder / (v.state ? "training_state.safetensors" : "model.safetensors");
+        fs::remove(dir / "copy" / "model.safetensors");  // the hard link would share the edit
+        v.edit(file);
+        const auto before = listing(dir / "copy");
+        const Run run =
+            v.state ? run_cli(dir, "train --resume --out " + quote((dir / "copy").string()) + " --data " + quote(kTiny),
+                              kTimeout)
+                    : run_cli(dir, "caption --model " + quote(file.string()) + " " + image, kTimeout);
+        check_error(run, v.expected);
+        CHECK_THAT(run.err, Catch::Contains(file.string()));
+        CHECK(listing(dir / "copy") == before);  // nothing written, nothing removed
+        // The model corruptions are refused by --resume as well, naming the same file.
+        if (!v.state) {
+            const Run resume =
+                run_cli(dir, "train --resume --out " + quote((dir / "copy").string()) + " --data " + quote(kTiny), kTimeout);
+            check_error(resume, v.expected);
+            CHECK_THAT(resume.err, Catch::Contains(file.string()));
+            CHECK(listing(dir / "copy") == before);
+        }
+    }
 }
 
 #endif  // SEEMOE_CLI_PATH

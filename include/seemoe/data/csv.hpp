@@ -169,9 +169,11 @@ inline CsvTable read_csv(const std::string& path) {
     return parse_csv(io::read_file(path, kMaxCsvBytes, "a CSV file", "[csv]"), path);
 }
 
-// One field, quoted when it holds a comma, a quote or a line break (quotes doubled).
+// One field, quoted when it holds a comma, a quote or a line break (quotes doubled), or starts
+// with a byte-order mark (which parse_csv would drop at the start of a file).
 inline std::string csv_escape(std::string_view field) {
-    if (field.find_first_of(",\"\r\n") == std::string_view::npos) return std::string(field);
+    const bool starts_with_bom = field.substr(0, 3) == "\xEF\xBB\xBF";
+    if (field.find_first_of(",\"\r\n") == std::string_view::npos && !starts_with_bom) return std::string(field);
     std::string out = "\"";
     for (char c : field) {
         if (c == '"') out += '"';
@@ -180,8 +182,10 @@ inline std::string csv_escape(std::string_view field) {
     return out + "\"";
 }
 
-// One record: escaped fields joined by commas, ending in "\n".
+// One record: escaped fields joined by commas, ending in "\n". A record of one empty field is
+// written as "" (an empty line would be read as a blank line and skipped).
 inline std::string csv_line(const std::vector<std::string>& fields) {
+    if (fields.size() == 1 && fields[0].empty()) return "\"\"\n";
     std::string out;
     for (std::size_t i = 0; i < fields.size(); ++i) {
         if (i) out += ',';

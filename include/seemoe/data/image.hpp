@@ -2,7 +2,7 @@
 //
 //   Image          width x height 8-bit RGB, always 3 channels, stored (H, W, 3) row-major:
 //                  channel c of pixel (y, x) is rgb[(y * width + x) * 3 + c]
-//   decode_image   PNG, JPEG, BMP, GIF (first frame), TGA, PSD, PNM, HDR through stb_image;
+//   decode_image   PNG, JPEG, BMP, GIF (first frame) and TGA through stb_image;
 //                  grayscale is replicated to R = G = B, alpha is dropped (not blended)
 //   resize         bilinear or area, see ResizeMode for the exact sampling conventions
 //   write_chw      (3, H, W) floats (x/255 - mean[c]) / std[c] into a caller's buffer, so a batch
@@ -11,8 +11,14 @@
 //
 // Limits (ImageLimits, checked before decoding, so a hostile or mistaken file cannot make stb_image
 // allocate gigabytes): at most 64 MiB of file bytes, 8192 pixels a side, and 256 MiB for the
-// largest buffer stb_image allocates while decoding (width * height * 4 bytes for 8-bit formats,
-// * 16 for HDR, which decodes through floats). A file over a limit is refused with its name.
+// largest buffer stb_image allocates while decoding (width * height * 4 bytes). A file over a
+// limit is refused with its name.
+//
+// Fuzzing (fuzz/fuzz_image.cpp) found defects in the stb_image in use (2.27, Debian 12's libstb),
+// so the bytes are screened before it sees them (detail::check_known_decoder_defects): the other
+// formats stb_image would try (PSD, PIC, PNM, HDR: never promised, and where it overflows integers)
+// are refused by their signature, and JPEG Huffman tables that would make it write out of bounds
+// are refused as corrupt.
 //
 // stb_image is used through its declarations only: this header never defines
 // STB_IMAGE_IMPLEMENTATION; the implementation comes from the stb library the target links
@@ -54,6 +60,77 @@ struct ImageLimits {
     std::uint64_t max_decoded_bytes = std::uint64_t(256) << 20;  // stb_image's largest buffer
 };
 
+}  // namespace seemoe::data
+
+namespace seemoe::detail {
+
+// stb_image 2.27 (Debian 12's libstb) trusts the 16 code counts of a JPEG Huffman table (DHT
+// segment): counts adding up to more than 256 symbols make it write past its 257-entry table. Such
+// a table is corrupt (JPEG allows at most 256 symbols), so it is refused here. The walk follows
+// the marker structure the way stb_image reads it: fill bytes (0xFF 0xFF) skipped, segments
+// skipped by their length, entropy-coded data scanned byte by byte for the next marker
+// (0xFF 0x00 is a stuffed byte, 0xFF 0xD0-D7 a restart marker), bytes past the end read as 0.
+inline void check_jpeg_huffman_tables(const std::uint8_t* bytes, std::size_t n, const std::string& name) {
+    const auto at = [&](std::size_t i) -> std::uint8_t { return i < n ? bytes[i] : 0; };
+    std::size_t i = 0;
+    if (at(0) != 0xFF) return;
+    while (at(i) == 0xFF && i < n) ++i;
+    if (at(i) != 0xD8) return;  // no start-of-image marker: not a JPEG
+    ++i;
+    while (i + 1 < n) {
+        if (bytes[i] != 0xFF) {  // entropy-coded data or padding
+            ++i;
+            continue;
+        }
+        const std::uint8_t marker = bytes[i + 1];
+        if (marker == 0xFF) {  // a fill byte before the marker
+            ++i;
+            continue;
+        }
+        if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) {  // no length field
+            i += 2;
+            continue;
+        }
+        if (marker == 0xD9) return;  // end of image
+        const std::size_t length = (std::size_t(at(i + 2)) << 8) | at(i + 3);
+        if (marker == 0xC4) {
+            std::size_t table = i + 4;
+            for (long left = static_cast<long>(length) - 2; left > 0;) {
+                std::size_t symbols = 0;
+                for (std::size_t k = 1; k <= 16; ++k) symbols += at(table + k);
+                SEEMOE_CHECK(symbols <= 256, "[decode_image] cannot decode ", name, ": a JPEG Huffman table lists ",
+                             symbols, " symbols (at most 256): corrupt JPEG");
+                table += 17 + symbols;
+                left -= static_cast<long>(17 + symbols);
+            }
+        }
+        i += 2 + length;
+    }
+}
+
+// The formats stb_image tries besides the five seemoe reads, by the signature stb_image tests
+// them with: refused, so their decoders never run. nullptr for anything else.
+inline const char* unsupported_image_format(const std::uint8_t* bytes, std::size_t n) {
+    const auto starts = [&](const char* magic, std::size_t len) { return n >= len && std::memcmp(bytes, magic, len) == 0; };
+    if (starts("8BPS", 4)) return "a Photoshop (PSD) image";
+    if (starts("\x53\x80\xF6\x34", 4)) return "a Softimage PIC image";
+    if (starts("P5", 2) || starts("P6", 2)) return "a PNM (PGM/PPM) image";
+    if (starts("#?RADIANCE\n", 11) || starts("#?RGBE\n", 7)) return "a Radiance HDR image";
+    return nullptr;
+}
+
+// Screens `bytes` for the inputs known to make the linked stb_image misbehave (see above).
+inline void check_known_decoder_defects(const std::uint8_t* bytes, std::size_t n, const std::string& name) {
+    const char* format = unsupported_image_format(bytes, n);
+    SEEMOE_CHECK(format == nullptr, "[decode_image] ", name, " is ", format,
+                 "; seemoe reads PNG, JPEG, BMP, GIF and TGA (convert it, e.g. to PNG)");
+    check_jpeg_huffman_tables(bytes, n, name);
+}
+
+}  // namespace seemoe::detail
+
+namespace seemoe::data {
+
 // Decodes an image file held in memory; `name` is used in error messages.
 inline Image decode_image(const std::uint8_t* bytes, std::size_t n, const std::string& name = "<memory>",
                           const ImageLimits& limits = {}) {
@@ -63,11 +140,12 @@ inline Image decode_image(const std::uint8_t* bytes, std::size_t n, const std::s
                  " bytes an image file may have");
     int width = 0, height = 0, channels_in_file = 0;
     const int length = static_cast<int>(n);
+    detail::check_known_decoder_defects(bytes, n, name);
     // The size first, from the header alone, so the limits hold before stb_image allocates.
     SEEMOE_CHECK(stbi_info_from_memory(bytes, length, &width, &height, &channels_in_file) == 1,
                  "[decode_image] cannot decode ", name, ": ", stbi_failure_reason(),
-                 " (supported: PNG, JPEG, BMP, GIF, TGA, PSD, PNM, HDR)");
-    const std::uint64_t bytes_per_pixel = stbi_is_hdr_from_memory(bytes, length) ? 16 : 4;
+                 " (supported: PNG, JPEG, BMP, GIF, TGA)");
+    const std::uint64_t bytes_per_pixel = 4;  // stb_image's largest buffer: RGBA while converting
     SEEMOE_CHECK(width > 0 && height > 0 && width <= limits.max_side && height <= limits.max_side &&
                      static_cast<std::uint64_t>(width) * static_cast<std::uint64_t>(height) * bytes_per_pixel <=
                          limits.max_decoded_bytes,
@@ -76,7 +154,7 @@ inline Image decode_image(const std::uint8_t* bytes, std::size_t n, const std::s
     // Asking for 3 channels makes stb_image do the gray -> RGB and RGBA -> RGB conversions.
     std::uint8_t* pixels = stbi_load_from_memory(bytes, length, &width, &height, &channels_in_file, 3);
     SEEMOE_CHECK(pixels != nullptr, "[decode_image] cannot decode ", name, ": ", stbi_failure_reason(),
-                 " (supported: PNG, JPEG, BMP, GIF, TGA, PSD, PNM, HDR)");
+                 " (supported: PNG, JPEG, BMP, GIF, TGA)");
     Image image;
     image.width = width;
     image.height = height;

@@ -159,6 +159,47 @@ inline VLMConfig config_from_json(const io::Json& j) {
     return c;
 }
 
+// Refuses a config JSON holding a key no config field has ("field decoder.n_expert: unknown
+// field"): a typo, or a setting of a newer seemoe that this one would silently ignore, building a
+// different model than the one saved. `known` holds "section." for each nested object and
+// "section.name" or "name" for each field.
+inline void check_config_keys(const io::Json& j, const std::set<std::string>& known) {
+    if (!j.is_object()) return;  // config_from_json says what is wrong with it
+    for (const auto& [key, value] : j.as_object()) {
+        if (value.is_object() && known.count(key + ".")) {
+            for (const auto& [inner, unused] : value.as_object())
+                SEEMOE_CHECK(known.count(key + "." + inner), "field ", key, ".", inner,
+                             ": unknown field (not a config field of this seemoe)");
+        } else {
+            SEEMOE_CHECK(known.count(key), "field ", key, ": unknown field (not a config field of this seemoe)");
+        }
+    }
+}
+
+// The keys a VLM config JSON may hold: "section." for each section, "section.name" and top-level names.
+inline const std::set<std::string>& vlm_config_keys() {
+    static const std::set<std::string> keys = [] {
+        std::set<std::string> out;
+        const VLMConfig c;
+        for_each_field(c, [&](const char* section, const char* name, const auto&) {
+            if (*section) out.insert(std::string(section) + ".");
+            out.insert(*section ? std::string(section) + "." + name : std::string(name));
+        });
+        return out;
+    }();
+    return keys;
+}
+
+inline const std::set<std::string>& text_config_keys() {
+    static const std::set<std::string> keys = [] {
+        std::set<std::string> out = {"decoder."};
+        const DecoderConfig c;
+        for_each_decoder_field(c, [&](const char* name, const auto&) { out.insert(std::string("decoder.") + name); });
+        return out;
+    }();
+    return keys;
+}
+
 // Runs `parse`, prefixing any Error with "[checkpoint] '<path>': <what>: ".
 template <typename Parse>
 auto parse_metadata(const std::string& path, const char* what, Parse&& parse) -> decltype(parse()) {
@@ -237,7 +278,11 @@ inline LoadedModel load_model(const std::string& path) {
     // Checkpoints written before the format entry existed are vision-language models.
     check_model_format(file.metadata, path, kModelFormat);
     LoadedModel out;
-    out.config = parse_metadata(path, "metadata 'config'", [&] { return config_from_json(io::Json::parse(meta("config"))); });
+    out.config = parse_metadata(path, "metadata 'config'", [&] {
+        const io::Json j = io::Json::parse(meta("config"));
+        check_config_keys(j, vlm_config_keys());
+        return config_from_json(j);
+    });
     check_config(out.config, "[checkpoint] '" + path + "'");
     out.tokenizer = parse_metadata(path, "metadata 'vocab'", [&] { return data::CharTokenizer::from_json(meta("vocab")); });
     SEEMOE_CHECK(out.tokenizer.vocab_size() == out.config.decoder.vocab_size, "[checkpoint] '", path, "' has ",
@@ -304,8 +349,11 @@ inline LoadedTextModel load_text_model(const std::string& path) {
         return it->second;
     };
     LoadedTextModel out;
-    out.config =
-        parse_metadata(path, "metadata 'config'", [&] { return text_config_from_json(io::Json::parse(meta("config"))); });
+    out.config = parse_metadata(path, "metadata 'config'", [&] {
+        const io::Json j = io::Json::parse(meta("config"));
+        check_config_keys(j, text_config_keys());
+        return text_config_from_json(j);
+    });
     check_decoder_config(out.config, "[checkpoint] '" + path + "'", "decoder.");
     out.tokenizer = parse_metadata(path, "metadata 'vocab'", [&] { return data::CharTokenizer::from_json(meta("vocab")); });
     SEEMOE_CHECK(out.tokenizer.vocab_size() == out.config.vocab_size, "[checkpoint] '", path, "' has ",
@@ -413,8 +461,10 @@ Index load_training_state(const std::string& path, Module<float>& model, Optimiz
                          "' for a parameter this run trains: was it saved with other parameters frozen?");
             SEEMOE_CHECK(stored->shape() == params[i].shape(), "[checkpoint] '", path, "': '", prefix, names[i],
                          "' has shape ", shape_str(stored->shape()), ", expected ", shape_str(params[i].shape()));
+            // (a plain bool: C++17 lambdas cannot capture structured bindings)
+            const bool may_be_negative = target == &state[i].exp_avg;
             SEEMOE_CHECK(std::all_of(stored->data(), stored->data() + stored->numel(),
-                                     [&](float v) { return std::isfinite(v) && (target == &state[i].exp_avg || v >= 0); }),
+                                     [may_be_negative](float v) { return std::isfinite(v) && (may_be_negative || v >= 0); }),
                          "[checkpoint] '", path, "': '", prefix, names[i],
                          "' holds a NaN, an infinity or (exp_avg_sq) a negative value");
             *target = stored->clone();
