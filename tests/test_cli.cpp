@@ -30,7 +30,7 @@ TEST_CASE("seemoe train, caption and eval run end to end on the tiny data", "[cl
     CHECK_THAT(train.out, Catch::Contains("val loss"));
     CHECK_THAT(train.out, Catch::Contains("final report"));
     CHECK(fs::exists(run_dir / "model.safetensors"));
-    CHECK(fs::exists(run_dir / "training_state.safetensors"));
+    CHECK(fs::exists(run_dir / "checkpoints"));
     CHECK_FALSE(fs::exists(run_dir / "model.safetensors.tmp"));
 
     // metrics.jsonl: one object per step, val figures at the eval step, then the final report.
@@ -239,7 +239,7 @@ TEST_CASE("seemoe train --text, generate and eval run end to end on a small text
     CHECK_THAT(train.out, Catch::Contains("final report"));
     CHECK_THAT(train.out, Catch::Contains("sample (seemoe generate"));
     CHECK(metadata_format(run_dir / "model.safetensors") == seemoe::nn::kTextModelFormat);
-    CHECK(fs::exists(run_dir / "training_state.safetensors"));
+    CHECK(fs::exists(run_dir / "checkpoints"));
 
     // metrics.jsonl: a row per step, val figures every 6 steps, then the final report.
     const std::vector<Json> rows = read_metrics(run_dir / "metrics.jsonl");

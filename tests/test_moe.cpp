@@ -60,7 +60,7 @@ std::vector<double> reference_moe(const Tensord& x, const Tensord& gates, const 
 
 }  // namespace
 
-TEST_CASE("moe_experts takes a view of the experts' weights; dropped slots contribute nothing", "[ops][moe]") {
+TEST_CASE("moe_experts takes a view of the experts' weights and dropped slots contribute nothing", "[ops][moe]") {
     ThreadCountGuard guard;
     Rng rng(41);
     const Index C = 5, Hd = 7, E = 4, K = 2;
@@ -224,8 +224,8 @@ TEST_CASE("router z-loss: (ln E)^2 for zero logits, a hand case and its gradient
 
 // ---- router variants ---------------------------------------------------------------------------------
 
-TEST_CASE("router variants: top-k-then-softmax equals softmax-then-top-k renormalised; un-renormalised gates "
-          "sum to at most 1; noise only in training",
+TEST_CASE("router variants: top-k-then-softmax equals softmax-then-top-k renormalised, un-renormalised gates "
+          "sum to at most 1, noise only in training",
           "[nn][moe]") {
     const Index C = 6, E = 5, K = 2, N = 12;
     Rng data(53);
@@ -309,7 +309,7 @@ nn::MoEOptions options_with(double cf, OverflowPolicy policy, Index shared = 0,
 }
 }  // namespace
 
-TEST_CASE("SparseMoE with capacity: a huge capacity is dropless bit for bit; small ones drop, fused equals "
+TEST_CASE("SparseMoE with capacity: a huge capacity is dropless bit for bit, small ones drop, fused equals "
           "composed, shared experts included",
           "[nn][moe]") {
     const Index C = 6, E = 4, K = 2, Hd = 12;
