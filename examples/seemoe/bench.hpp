@@ -46,6 +46,7 @@ inline std::vector<FlagSpec> bench_flags() {
         {"--gen-reps", "N", "timed captions (default 5)"},
         {"--seed", "N", "seed of the weights and the random inputs (default 0)"},
         {"--json", nullptr, "print one JSON object instead of the table"},
+        {"--expert-parallel", nullptr, "under mpirun -np N: split the experts of every MoE layer over the ranks"},
         {"--vocab", "V", "vocabulary size (default 66)"},
     };
     for (const FlagSpec& f : model_flags()) flags.push_back(f);  // the model sizes, as in train
@@ -223,12 +224,15 @@ inline int run_bench(int argc, char** argv, Team& team) {
                                        input_ids.begin() + (first + local) * text_len);  // (b, L)
     const std::vector<Index> local_targets(targets.begin() + first * text_len,
                                            targets.begin() + (first + local) * text_len);  // (b, L)
-    team.start(model.parameters());
-    std::vector<double> step_ms, comm_ms;
+    if (args.flag("--expert-parallel")) team.enable_expert_parallel(m.decoder.num_experts);
+    const TeamStart started(team, model.parameters(), moe_layers(model));
+    std::vector<double> step_ms, comm_ms, alltoall_ms;
+    TeamCommStats timed_start;
     double last_loss = 0;
     for (Index s = 0; s < warmup + steps; ++s) {
         const double start = bench::now_ms();
-        const double comm_before = team.comm_stats().seconds;
+        const TeamCommStats before = team.comm_stats();
+        if (s == warmup) timed_start = before;
         optimizer.zero_grad(/*set_to_none=*/true);  // as the anchor does
         Tensor<float> loss = model.loss(local_images, local_ids, local_targets, text_len, rng);  // ()
         const TeamLoss total = team.reduce_loss(loss.item(), local * text_len);
@@ -239,12 +243,20 @@ inline int run_bench(int argc, char** argv, Team& team) {
         const double elapsed = bench::now_ms() - start;
         if (s >= warmup) {
             step_ms.push_back(elapsed);
-            comm_ms.push_back((team.comm_stats().seconds - comm_before) * 1e3);
+            const TeamCommStats after = team.comm_stats();
+            comm_ms.push_back((after.seconds - before.seconds) * 1e3);
+            alltoall_ms.push_back((after.alltoall_seconds - before.alltoall_seconds) * 1e3);
         }
         last_loss = total.mean;
     }
     const bench::Timing step = bench::summarize(step_ms);
     const bench::Timing comm = bench::summarize(comm_ms);
+    const bench::Timing alltoall = bench::summarize(alltoall_ms);
+    const TeamCommStats timed_end = team.comm_stats();
+    // The MoE layers' all-to-all exchanges per timed step: bytes handed to MPI and, of those, the
+    // ones addressed to the other ranks (expert parallel only).
+    const std::int64_t alltoall_bytes = (timed_end.alltoall_bytes - timed_start.alltoall_bytes) / steps;
+    const std::int64_t alltoall_remote = (timed_end.alltoall_remote_bytes - timed_start.alltoall_remote_bytes) / steps;
     // In a step the exchange also waits for the slowest rank to finish backward; the gradient
     // all-reduce alone, every rank starting together, is timed here.
     std::vector<double> reduce_ms;
@@ -309,11 +321,19 @@ inline int run_bench(int argc, char** argv, Team& team) {
     out["train_gflop_per_step"] = bench::round_to(train_flops / 1e9, 2);
     out["train_gflop_per_s"] = bench::round_to(gflops, 1);
     if (team.size() > 1) {
-        // Rank 0's time in the gradient exchange (packing, all-reduce, unpacking) per step.
+        // Rank 0's time communicating per step: the gradient exchange (packing, all-reduce,
+        // unpacking) and, with expert parallel, the MoE layers' all-to-all exchanges (which also
+        // wait for the other ranks to reach them).
         out["comm_ms_median"] = bench::round_to(comm.median, 2);
         out["comm_share_pct"] = bench::round_to(100.0 * comm.median / step.median, 1);
-        out["comm_bytes_per_step"] = team.gradient_bytes_per_step();
+        out["comm_bytes_per_step"] = team.gradient_bytes_per_step() + alltoall_bytes;
+        out["allreduce_bytes_per_step"] = team.gradient_bytes_per_step();
         out["allreduce_alone_ms_median"] = bench::round_to(reduce_alone.median, 2);
+        if (team.expert_parallel()) {
+            out["alltoall_ms_median"] = bench::round_to(alltoall.median, 2);
+            out["alltoall_bytes_per_step"] = alltoall_bytes;
+            out["alltoall_remote_bytes_per_step"] = alltoall_remote;
+        }
     }
     // What the step actually computes (the anchor's formula counts rows seemoe skips; see above).
     out["executed_gflop_per_step"] = bench::round_to(executed_flops / 1e9, 2);
@@ -354,6 +374,10 @@ inline int run_bench(int argc, char** argv, Team& team) {
         rows.push_back({"communication", format("%.1f ms median per step (%.1f%% of the step), %.1f MB of gradients",
                                                 comm.median, 100.0 * comm.median / step.median,
                                                 static_cast<double>(team.gradient_bytes_per_step()) / 1e6)});
+        if (team.expert_parallel())
+            rows.push_back({"all-to-all", format("%.1f ms median per step, %.1f MB handed (%.1f MB to other ranks)",
+                                                 alltoall.median, static_cast<double>(alltoall_bytes) / 1e6,
+                                                 static_cast<double>(alltoall_remote) / 1e6)});
         rows.push_back({"all-reduce alone", format("%.1f ms median (every rank starting together)", reduce_alone.median)});
     }
     if (gen_tokens > 0)

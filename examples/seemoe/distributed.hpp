@@ -12,6 +12,12 @@
 //   * reduce_gradients(): the bucketed all-reduce that averages the gradients;
 //   * agree()/check_same(): a failure on one rank (a missing file, other flags) stops every rank
 //     with that rank's message instead of leaving the others waiting in a collective.
+// With --expert-parallel (seemoe/dist/expert_parallel.hpp) start() also splits the experts of every
+// MoE layer over the ranks: the reducer then averages only the other parameters, each rank's
+// experts' gradients are scaled by 1/N instead (the loss scale above makes the all-to-all backward
+// deliver N times the global batch's gradient to the owner), clip_gradients() adds the experts'
+// norms over the ranks, and gather_model() broadcasts every expert (and its AdamW state) from its
+// owner before rank 0 evaluates or saves.
 #pragma once
 
 #include <algorithm>
@@ -23,6 +29,7 @@
 
 #include <seemoe/dist/communicator.hpp>
 #include <seemoe/dist/data_parallel.hpp>
+#include <seemoe/dist/expert_parallel.hpp>
 
 #include "team.hpp"
 
@@ -38,8 +45,7 @@ inline bool started_by_mpi_launcher() {
 
 class MpiTeam : public Team {
 public:
-    explicit MpiTeam(bool expert_parallel = false)
-        : comm_(seemoe::dist::Communicator::world()), expert_parallel_(expert_parallel) {
+    MpiTeam() : comm_(seemoe::dist::Communicator::world()) {
         // Ranks that share a machine share its cores: without OMP_NUM_THREADS each takes its part.
         MPI_Comm node = MPI_COMM_NULL;
         MPI_Comm_split_type(comm_.handle(), MPI_COMM_TYPE_SHARED, comm_.rank(), MPI_INFO_NULL, &node);
@@ -55,8 +61,25 @@ public:
     int size() const override { return comm_.size(); }
     bool expert_parallel() const override { return expert_parallel_; }
     std::string mode() const override {
+        if (expert_parallel_)
+            return format("expert parallel over %d ranks (MPI; %lld of %lld experts per layer on each), the rest "
+                          "data parallel",
+                          size(), static_cast<long long>(num_experts_ / size()), static_cast<long long>(num_experts_));
         if (size() == 1) return "single process (MPI, 1 rank)";
         return format("data parallel over %d ranks (MPI)", size());
+    }
+
+    void enable_expert_parallel(Index num_experts) override {
+        if (size() == 1) Team::enable_expert_parallel(num_experts);
+        if (num_experts % size() != 0)
+            throw CliError(format("--expert-parallel splits the %lld experts of every MoE layer over the ranks, and "
+                                  "%lld experts cannot be split evenly over %d ranks",
+                                  static_cast<long long>(num_experts), static_cast<long long>(num_experts), size()),
+                           format("start a number of ranks that divides %lld (mpirun -np N), or drop "
+                                  "--expert-parallel",
+                                  static_cast<long long>(num_experts)));
+        expert_parallel_ = true;
+        num_experts_ = num_experts;
     }
     // Cores per rank on this machine, the default thread count when OMP_NUM_THREADS is not set.
     int default_threads() const {
@@ -97,9 +120,23 @@ public:
         });
     }
 
-    void start(const std::vector<seemoe::Tensor<float>>& params) override {
+    void start(const std::vector<seemoe::Tensor<float>>& params,
+               const std::vector<seemoe::nn::SparseMoE<float>*>& moe_layers) override {
         seemoe::dist::broadcast_parameters(params, comm_, 0);
-        reducer_ = std::make_unique<seemoe::dist::GradientReducer<float>>(params, comm_);
+        if (expert_parallel_) {
+            if (moe_layers.empty())
+                throw CliError("--expert-parallel needs a model with MoE layers", "drop --expert-parallel");
+            experts_ = std::make_unique<seemoe::dist::ExpertParallel<float>>(moe_layers, comm_);
+            experts_->attach();
+            reducer_ = std::make_unique<seemoe::dist::GradientReducer<float>>(experts_->non_expert_parameters(params),
+                                                                             comm_);
+        } else {
+            reducer_ = std::make_unique<seemoe::dist::GradientReducer<float>>(params, comm_);
+        }
+    }
+
+    void stop() override {
+        experts_.reset();  // detaches the layers' dispatchers while the model is still there
     }
 
     std::vector<Index> shard(const std::vector<Index>& global) const override {
@@ -118,12 +155,40 @@ public:
 
     void reduce_gradients() override {
         if (reducer_) reducer_->average();
+        if (experts_) experts_->scale_expert_gradients(1.0f / static_cast<float>(size()));
+    }
+    double clip_gradients(const std::vector<seemoe::Tensor<float>>& params, double max_norm) override {
+        if (experts_) return experts_->clip_grad_norm(params, max_norm);
+        return seemoe::clip_grad_norm(params, max_norm);
+    }
+    void gather_model(seemoe::AdamW<float>* optimizer) override {
+        if (experts_) experts_->gather(optimizer);
+    }
+    void set_alone(bool alone) override {
+        if (!experts_) return;
+        if (alone) {
+            experts_->detach();
+        } else {
+            experts_->attach();
+        }
     }
     void barrier() override { comm_.barrier(); }
 
     TeamCommStats comm_stats() const override {
-        if (!reducer_) return {};
-        return {reducer_->stats().seconds, reducer_->stats().bytes};
+        TeamCommStats s;
+        if (reducer_) {
+            s.seconds = reducer_->stats().seconds;
+            s.bytes = reducer_->stats().bytes;
+        }
+        if (experts_) {
+            const seemoe::dist::CommStats& a = experts_->stats();
+            s.alltoall_seconds = a.seconds;
+            s.alltoall_bytes = a.bytes;
+            s.alltoall_remote_bytes = a.remote_bytes;
+            s.seconds += a.seconds;
+            s.bytes += a.bytes;
+        }
+        return s;
     }
     std::int64_t gradient_bytes_per_step() const override {
         if (!reducer_ || reducer_->stats().calls == 0) return 0;
@@ -136,8 +201,10 @@ public:
 private:
     seemoe::dist::Communicator comm_;
     bool expert_parallel_ = false;
+    Index num_experts_ = 0;
     int local_ranks_ = 1;
     std::unique_ptr<seemoe::dist::GradientReducer<float>> reducer_;
+    std::unique_ptr<seemoe::dist::ExpertParallel<float>> experts_;
 };
 
 }  // namespace cli

@@ -7,6 +7,12 @@
 // compiled only when the example is built against seemoe::mpi (SEEMOE_WITH_MPI), so this file and
 // the rest of the example stay free of MPI.
 //
+// With --expert-parallel the MPI team also splits the experts of every MoE layer over the ranks
+// (enable_expert_parallel, before start): their gradients are then not averaged, the gradient norm
+// adds every rank's experts (clip_gradients), and gather_model() brings every expert (and its
+// AdamW state) back to every rank before the leader evaluates or saves, inside a LeaderAlone
+// scope in which its model runs without the other ranks.
+//
 // Convention: every method may be collective. All ranks call them in the same order; only the
 // leader (rank 0) prints, evaluates and writes files.
 #pragma once
@@ -19,6 +25,9 @@
 
 #include "cli.hpp"
 #include <seemoe/core/tensor.hpp>
+#include <seemoe/nn/moe.hpp>
+#include <seemoe/optim/adam.hpp>
+#include <seemoe/optim/clip.hpp>
 
 namespace cli {
 
@@ -41,10 +50,13 @@ struct TeamLoss {
     Index targets = 0; // the targets of the whole global batch
 };
 
-// What communication cost so far (zero for a single process).
+// What communication cost so far (zero for a single process): the gradient all-reduce and, with
+// expert parallel, the all-to-all exchanges of the MoE layers.
 struct TeamCommStats {
-    double seconds = 0;
-    std::int64_t bytes = 0;
+    double seconds = 0;             // both
+    std::int64_t bytes = 0;         // handed to MPI, both
+    double alltoall_seconds = 0;
+    std::int64_t alltoall_bytes = 0, alltoall_remote_bytes = 0;  // handed; addressed to other ranks
 };
 
 class Team {
@@ -63,16 +75,40 @@ public:
     // JSON): ranks that disagree would train different models and wait for each other forever.
     virtual void check_same(const std::string& /*what*/, const std::string& /*name*/) {}
 
+    // Ends what start() began: the expert split refers to the model's layers, so it must go
+    // before the model does (TeamStart below calls this).
+    virtual void stop() {}
+
+    // --expert-parallel: split the `num_experts` experts of every MoE layer over the ranks (checked
+    // to divide evenly). Call before start().
+    virtual void enable_expert_parallel(Index /*num_experts*/) {
+        throw CliError("--expert-parallel splits the experts over several processes, and this is one",
+                       "start it under mpirun -np N (N dividing the experts per layer), or drop --expert-parallel");
+    }
+
     // Makes every rank's model (parameters; optimiser state is restored from the same files)
-    // equal to the leader's, and prepares the gradient exchange for `params`.
-    virtual void start(const std::vector<seemoe::Tensor<float>>& /*params*/) {}
+    // equal to the leader's, and prepares the gradient exchange for `params`; with expert
+    // parallel, the model's MoE layers are split from here on.
+    virtual void start(const std::vector<seemoe::Tensor<float>>& /*params*/,
+                       const std::vector<seemoe::nn::SparseMoE<float>*>& /*moe_layers*/ = {}) {}
     // The samples of a global batch this rank trains on: all of them for a single process.
     virtual std::vector<Index> shard(const std::vector<Index>& global) const { return global; }
     // The global batch's mean loss from this rank's mean `loss` over `targets` targets, and the
     // factor for this rank's loss that makes the averaged gradient the global batch's gradient.
     virtual TeamLoss reduce_loss(double loss, Index targets) { return {loss, 1.0, targets}; }
-    // After backward: every rank's gradients replaced by the team's average.
+    // After backward: every rank's gradients replaced by the team's average (with expert
+    // parallel: the shared ones; each rank's experts' are scaled to the global batch's).
     virtual void reduce_gradients() {}
+    // Clips the global gradient norm of the whole team's model to max_norm; returns the norm
+    // before clipping (the same on every rank).
+    virtual double clip_gradients(const std::vector<seemoe::Tensor<float>>& params, double max_norm) {
+        return seemoe::clip_grad_norm(params, max_norm);
+    }
+    // Before the leader evaluates or saves: every rank's model (and, given, the optimiser state)
+    // whole and current. Only expert parallel has anything to do.
+    virtual void gather_model(seemoe::AdamW<float>* /*optimizer*/) {}
+    // While true, the leader's model runs alone (no exchange with ranks that are not running it).
+    virtual void set_alone(bool /*alone*/) {}
     // Waits until every rank has come here.
     virtual void barrier() {}
 
@@ -93,5 +129,41 @@ public:
         return rows;
     }
 };
+
+// Team::start on construction, Team::stop when it goes: declare it after the model.
+class TeamStart {
+public:
+    TeamStart(Team& team, const std::vector<seemoe::Tensor<float>>& params,
+              const std::vector<seemoe::nn::SparseMoE<float>*>& moe_layers)
+        : team_(team) {
+        team_.start(params, moe_layers);
+    }
+    ~TeamStart() { team_.stop(); }
+    TeamStart(const TeamStart&) = delete;
+    TeamStart& operator=(const TeamStart&) = delete;
+
+private:
+    Team& team_;
+};
+
+// The leader's model runs without the other ranks while this lives (evaluation, captions).
+class LeaderAlone {
+public:
+    explicit LeaderAlone(Team& team) : team_(team) { team_.set_alone(true); }
+    ~LeaderAlone() { team_.set_alone(false); }
+    LeaderAlone(const LeaderAlone&) = delete;
+    LeaderAlone& operator=(const LeaderAlone&) = delete;
+
+private:
+    Team& team_;
+};
+
+// The MoE layers of a model's decoder, for Team::start.
+template <typename Model>
+std::vector<seemoe::nn::SparseMoE<float>*> moe_layers(Model& model) {
+    std::vector<seemoe::nn::SparseMoE<float>*> layers;
+    for (auto& block : model.decoder.blocks) layers.push_back(&block.moe);
+    return layers;
+}
 
 }  // namespace cli

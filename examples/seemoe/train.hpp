@@ -298,6 +298,9 @@ inline std::vector<FlagSpec> run_flags() {
         {"--upcycle", nullptr,
          "with --init-from a dense model (--experts 1): every expert of each MoE layer starts as its FFN"},
         {"--upcycle-noise", "X", "with --upcycle: add N(0, X^2) noise to each expert's copy (default 0)"},
+        {"--expert-parallel", nullptr,
+         "under mpirun -np N: split the experts of every MoE layer over the N ranks (N must divide them); "
+         "the rest is data parallel"},
     };
     TrainSettings defaults;
     for_each_setting(defaults, [&](const char*, const auto&, const SettingFlag* flag) {
@@ -704,7 +707,8 @@ struct StepResult {
 // norm, AdamW at the step's learning rate. Image and text runs share it. With a team of several
 // ranks compute_loss() covers this rank's slice of the global batch: its loss is scaled by its
 // share of the targets and the gradients are averaged over the ranks before clipping, so every
-// rank steps with the gradient of the whole global batch (team.hpp, distributed.hpp).
+// rank steps with the gradient of the whole global batch (team.hpp, distributed.hpp); with expert
+// parallel each rank steps its own experts, and the clipping norm covers every rank's.
 // The numerical guard: if the team's loss or the gradient norm is not finite, the step is skipped
 // (no update, gradients dropped), so a NaN never reaches the weights, the moments or a
 // checkpoint; every rank sees the same loss and norm, so all skip together. NumericalGuard
@@ -727,7 +731,7 @@ StepResult train_step(ComputeLoss&& compute_loss, Index targets, seemoe::AdamW<f
     team.reduce_gradients();
     if (inject_nan && !params.empty() && params.front().has_grad())
         params.front().node()->grad->data()[0] = std::numeric_limits<float>::quiet_NaN();
-    const double norm = seemoe::clip_grad_norm(params, grad_clip);
+    const double norm = team.clip_gradients(params, grad_clip);
     if (!std::isfinite(norm)) {
         optimizer.zero_grad();
         result.skipped = true;
@@ -1021,6 +1025,8 @@ inline int run_train(int argc, char** argv, Team& team) {
         if (text && args.has(flag))
             throw CliError(std::string(flag) + " applies to image runs, not to a text run (--text)",
                            std::string("drop ") + flag);
+    if (text && args.flag("--expert-parallel"))
+        throw CliError("--expert-parallel applies to image runs, not to a text run (--text)", "drop --expert-parallel");
     if (text) return run_text_train(args, preset, files, stop_at, max_bad_steps, wall, team);
 
     // ---- check everything: settings, checkpoint, data, model; nothing is written yet ----------
@@ -1036,6 +1042,7 @@ inline int run_train(int argc, char** argv, Team& team) {
         loaded = std::make_unique<const TrainData>(run.settings.data, config.vision.image_size, run.settings.batch,
                                                    args.flag("--allow-outside-paths"));
         prepare_model(config, files, *loaded, run, init.get());
+        if (args.flag("--expert-parallel")) team.enable_expert_parallel(run.model.config.decoder.num_experts);
         if (loaded->batch_size < team.size())
             throw CliError(format("a batch of %lld images cannot give each of the %d ranks one",
                                   static_cast<long long>(loaded->batch_size), team.size()),
@@ -1044,7 +1051,8 @@ inline int run_train(int argc, char** argv, Team& team) {
     const TrainSettings& settings = run.settings;
     const TrainData& data = *loaded;
     team.check_same(settings_to_json(settings).dump() + seemoe::nn::config_to_json(run.model.config).dump() +
-                        data.tokenizer.to_json() + std::to_string(data.train.size()) + std::to_string(run.start_step),
+                        data.tokenizer.to_json() + std::to_string(data.train.size()) + std::to_string(run.start_step) +
+                        team.mode(),
                     "flags, data or checkpoint");
     Model& model = run.model;
     seemoe::AdamW<float>& optimizer = *run.optimizer;
@@ -1064,7 +1072,7 @@ inline int run_train(int argc, char** argv, Team& team) {
     std::vector<Index> val_subset = all_samples(data.val);
     val_subset.resize(static_cast<std::size_t>(std::min(settings.eval_samples, data.val.size())));
     const std::vector<Tensor<float>> params = model.parameters();
-    team.start(params);  // every rank from rank 0's weights
+    const TeamStart started(team, params, moe_layers(model));  // every rank from rank 0's weights
     Progress progress(settings.log_every);
     ThroughputMeter meter;
     model.train();
@@ -1094,6 +1102,11 @@ inline int run_train(int argc, char** argv, Team& team) {
             target_count(batch), optimizer, params, lr, settings.grad_clip, team, guard.poison(step));
         const float loss = static_cast<float>(result.total.mean);
         const bool stop = guard.count(result.skipped);  // on every rank: the verdict is the team's
+        // What the leader does after this step, known to every rank: with expert parallel, the
+        // experts (and for a checkpoint their AdamW state) are gathered first, on every rank.
+        const bool evaluate = step % settings.eval_every == 0 && step != settings.steps && data.val_batcher;
+        const bool save = step % settings.save_every == 0 || step == end_step;
+        if (!stop && (evaluate || save)) team.gather_model(save ? &optimizer : nullptr);
         if (!team.leader()) {
             if (stop) throw guard.stop_error(step, false);
             continue;  // the leader alone reports, evaluates and saves
@@ -1121,12 +1134,13 @@ inline int run_train(int argc, char** argv, Team& team) {
         }
         row["moe"] = routing_json(trace.layers);
         // The last step of the whole run is measured by the final report instead.
-        if (step % settings.eval_every == 0 && step != settings.steps && data.val_batcher) {
+        if (evaluate) {
             progress.newline();
+            LeaderAlone alone(team);
             validate(model, data, val_subset, step, row);
         }
         metrics << row.dump() << "\n";
-        if (step % settings.save_every == 0 || step == end_step) {
+        if (save) {
             metrics.flush();
             save_checkpoint(files, model, optimizer, step, run.rng, data.tokenizer, settings);
         }
@@ -1141,6 +1155,7 @@ inline int run_train(int argc, char** argv, Team& team) {
                     format_duration(wall.seconds()).c_str(), files.out.string().c_str());
         return 0;
     }
+    LeaderAlone alone(team);  // the model is whole: the last step gathered it, or no step ran
     RoutingAnalysis val_routing;
     metrics << final_report(model, data, end_step, wall, files, &val_routing).dump() << "\n";
     metrics.flush();

@@ -4,7 +4,10 @@
 // REQUIRE) around collectives: a failed check must not make one rank skip a collective the other
 // waits in. The data-parallel cases train a small model for 5 AdamW steps twice on each rank: once
 // data parallel over the communicator, once alone with the whole global batch (the reference), and
-// compare the two.
+// compare the two. The expert-parallel cases do the same with the experts of every MoE layer split
+// over the ranks (and check that every expert received the tokens the single-process routing sent
+// it, and that the gathered model and AdamW state are the single process's); a checkpoint written
+// after 2-rank training, in either mode, loads in one process and gives the same logits.
 //
 // `seemoe_dist_tests bad-input` is not a Catch2 run: rank 1 gets a malformed batch, and every rank
 // must print the message and exit 2 (tests/dist/expect_failure.cmake checks the output and code).
@@ -21,6 +24,8 @@
 #include <seemoe/seemoe.hpp>
 #include <string>
 #include <vector>
+
+#include "../temp_dir.hpp"
 
 using seemoe::Index;
 using seemoe::Rng;
@@ -109,10 +114,24 @@ std::vector<Batch<T>> make_batches(const seemoe::nn::VLMConfig& c, Index n_batch
     return out;
 }
 
+// (step, layer, expert): the tokens the router sent each expert.
+using Routed = std::vector<std::vector<std::vector<Index>>>;
+
 template <typename T>
 struct Trained {
     std::vector<double> losses;
     std::vector<Tensor<T>> params;
+    std::vector<Tensor<T>> exp_avg, exp_avg_sq;  // AdamW's moments, per parameter
+    std::vector<Index> adam_steps;               // AdamW's step count per parameter
+    Routed routed;                               // (single process) what every expert received
+
+    void keep_state(const seemoe::AdamW<T>& opt) {
+        for (const auto& st : opt.state()) {
+            exp_avg.push_back(st.exp_avg);
+            exp_avg_sq.push_back(st.exp_avg_sq);
+            adam_steps.push_back(st.step);
+        }
+    }
 };
 
 // 5 AdamW steps (clip 1) with every rank's whole batch, no communication: the reference.
@@ -125,13 +144,70 @@ Trained<T> train_alone(const std::vector<Batch<T>>& batches) {
     Trained<T> out;
     for (const Batch<T>& b : batches) {
         opt.zero_grad();
-        Tensor<T> loss = model.loss(b.images, b.ids, b.targets, b.L, rng);  // ()
+        seemoe::nn::MoETrace<T> trace;
+        Tensor<T> loss = model.loss(b.images, b.ids, b.targets, b.L, rng, &trace);  // ()
         out.losses.push_back(static_cast<double>(loss.item()));
+        out.routed.emplace_back();
+        for (const auto& layer : trace.layers) out.routed.back().push_back(layer.tokens_per_expert);
         loss.backward();
         seemoe::clip_grad_norm(model.parameters(), 1.0);
         opt.step();
     }
     out.params = model.parameters();
+    out.keep_state(opt);
+    return out;
+}
+
+template <typename T>
+std::vector<seemoe::nn::SparseMoE<T>*> moe_layers(seemoe::nn::VisionMoELanguageModel<T>& model) {
+    std::vector<seemoe::nn::SparseMoE<T>*> layers;
+    for (auto& block : model.decoder.blocks) layers.push_back(&block.moe);
+    return layers;
+}
+
+// The same 5 steps expert parallel, on `model` (built by the caller, other weights on each rank):
+// the experts of every MoE layer split over the ranks, each rank its slice of the batch, the
+// non-expert gradients averaged, each rank's experts' gradients scaled by 1/R (the loss scale makes
+// the all-to-all backward deliver R times the global batch's), the norm clipped over the whole
+// model; at the end every expert and its AdamW state gathered. `routed`: the single process's
+// routing, which every expert's received rows must match.
+template <typename T>
+Trained<T> train_expert_parallel(seemoe::nn::VisionMoELanguageModel<T>& model, const std::vector<Batch<T>>& batches,
+                                 const Routed& routed, const dist::Communicator& comm) {
+    Rng rng(5);
+    model.eval();
+    dist::broadcast_parameters(model.parameters(), comm);
+    dist::ExpertParallel<T> ep(moe_layers(model), comm);
+    ep.attach();
+    seemoe::AdamW<T> opt(model.parameters(), {1e-3, 0.9, 0.999, 1e-8, 1e-2});
+    dist::GradientReducer<T> reducer(ep.non_expert_parameters(model.parameters()), comm, 4096);
+    const Index El = ep.experts_per_rank(), first = comm.rank() * El;
+    Trained<T> out;
+    for (std::size_t s = 0; s < batches.size(); ++s) {
+        const Batch<T>& global = batches[s];
+        const dist::Shard shard = dist::batch_shard(global.B, comm.rank(), comm.size());
+        const Batch<T> b = global.slice(shard.begin, shard.end);
+        const Index count = b.target_count();
+        const double scale = dist::loss_scale(comm, count);
+        opt.zero_grad();
+        Tensor<T> loss = model.loss(b.images, b.ids, b.targets, b.L, rng);  // (), mean over this slice
+        const double weighted = static_cast<double>(loss.item()) * static_cast<double>(count);
+        out.losses.push_back(comm.all_reduce_sum(weighted) /
+                             static_cast<double>(comm.all_reduce_sum(static_cast<std::int64_t>(count))));
+        for (std::size_t l = 0; l < model.decoder.blocks.size(); ++l)
+            for (Index i = 0; i < El; ++i) {
+                INFO("step " << s + 1 << ", layer " << l << ", expert " << first + i);
+                CHECK(ep.rows_per_local_expert(l)[i] == routed[s][l][first + i]);
+            }
+        seemoe::mul(loss, static_cast<T>(scale)).backward();
+        reducer.average();
+        ep.scale_expert_gradients(T(1) / static_cast<T>(comm.size()));
+        ep.clip_grad_norm(model.parameters(), 1.0);
+        opt.step();
+    }
+    ep.gather(&opt);
+    out.params = model.parameters();
+    out.keep_state(opt);
     return out;
 }
 
@@ -339,11 +415,12 @@ TEST_CASE("Data parallel equals one process with the global batch (double, 5 Ada
     check_data_parallel_equals_one_process<double>(1e-12);
 }
 
-// Expert parallel: a SparseMoE layer (4 experts, top 2) whose experts are split over the ranks,
-// trained 5 AdamW steps on each rank's slice of 7 tokens, against one process running the same
-// layer (the fused single-process op) on all 7 tokens. Loss: sum over tokens of out . w.
+// Expert parallel, one layer: a SparseMoE layer (4 experts, top 2) whose experts are split over
+// the ranks through its dispatcher, trained 5 AdamW steps on each rank's slice of 7 tokens,
+// against one process running the same layer on all 7 tokens. Loss: sum over tokens of out . w,
+// so the ranks' gradients simply add up (no loss scale, no 1/R).
 template <typename T>
-void check_expert_parallel_equals_one_process(double tolerance) {
+void check_expert_parallel_layer_equals_one_process(double tolerance) {
     const dist::Communicator& comm = world();
     const Index C = 8, N = 7, E = 4, steps = 5;
     Rng data_rng(11);
@@ -366,47 +443,152 @@ void check_expert_parallel_equals_one_process(double tolerance) {
     // One process, all tokens.
     seemoe::nn::SparseMoE<T> alone = make_layer();
     seemoe::AdamW<T> alone_opt(alone.parameters(), {1e-3, 0.9, 0.999, 1e-8, 1e-2});
-    std::vector<std::vector<Index>> routed(steps, std::vector<Index>(E, 0));  // tokens per expert
+    std::vector<std::vector<Index>> routed;  // (step, expert) tokens per expert
     Rng unused(0);
     for (Index s = 0; s < steps; ++s) {
         alone_opt.zero_grad();
-        for (Index e : alone.router.forward(xs[s], unused).experts) ++routed[s][e];
-        seemoe::sum(seemoe::mul(alone.forward(xs[s], unused), ws[s])).backward();
+        seemoe::nn::MoEOutput<T> m = alone.forward_with_stats(xs[s], unused);
+        routed.push_back(m.stats.tokens_per_expert);
+        seemoe::sum(seemoe::mul(m.out, ws[s])).backward();
         alone_opt.step();
     }
 
     // Expert parallel over the ranks, each with its slice of the tokens.
     seemoe::nn::SparseMoE<T> layer = make_layer();
+    dist::ExpertParallel<T> ep({&layer}, comm);
+    ep.attach();
     seemoe::AdamW<T> opt(layer.parameters(), {1e-3, 0.9, 0.999, 1e-8, 1e-2});
-    dist::GradientReducer<T> reducer(layer.parameters(), comm);
+    dist::GradientReducer<T> reducer(ep.non_expert_parameters(layer.parameters()), comm);
     const dist::Shard shard = dist::batch_shard(N, comm.rank(), comm.size());
-    const Index El = E / comm.size();
+    const Index El = ep.experts_per_rank();
     for (Index s = 0; s < steps; ++s) {
         opt.zero_grad();
-        dist::ExpertParallelStats stats;
-        Tensor<T> out = dist::sparse_moe_expert_parallel(layer, rows(xs[s], shard.begin, shard.end), unused, comm,
-                                                         &stats);  // (n, C)
+        Tensor<T> out = layer.forward(rows(xs[s], shard.begin, shard.end), unused);  // (n, C)
         // Every expert received exactly the tokens the single-process routing sends it.
         for (Index l = 0; l < El; ++l) {
             INFO("step " << s << ", expert " << comm.rank() * El + l);
-            CHECK(stats.rows_per_local_expert[l] == routed[s][comm.rank() * El + l]);
+            CHECK(ep.rows_per_local_expert(0)[l] == routed[s][comm.rank() * El + l]);
         }
         seemoe::sum(seemoe::mul(out, rows(ws[s], shard.begin, shard.end))).backward();
         reducer.reduce(T(1));  // the loss is a sum over tokens: the ranks' gradients add up
         opt.step();
     }
+    // Each rank's experts moved on that rank only: gathered, every rank holds the trained layer.
+    ep.gather(&opt);
     const double diff = max_relative_difference(layer.parameters(), alone.parameters());
     INFO("rank " << comm.rank() << ": max relative parameter difference " << diff);
     CHECK(diff <= tolerance);
     CHECK(max_relative_difference(layer.parameters(), make_layer().parameters()) > 1e3 * tolerance);
+    // Dispatch and return in forward, the return's gradient in backward; the dispatch's gradient
+    // is not sent back because these tokens need none (on every rank alike).
+    CHECK(ep.stats().calls == 3 * steps);
+    CHECK(ep.stats().bytes > 0);
+    CHECK(ep.stats().remote_bytes <= ep.stats().bytes);
 }
 
-TEST_CASE("Expert parallel equals one process, every expert gets its tokens (float, 5 AdamW steps)", "[dist]") {
+TEST_CASE("Expert parallel layer equals one process, every expert gets its tokens (float, 5 AdamW steps)", "[dist]") {
+    check_expert_parallel_layer_equals_one_process<float>(1e-5);
+}
+
+TEST_CASE("Expert parallel layer equals one process, every expert gets its tokens (double, 5 AdamW steps)", "[dist]") {
+    check_expert_parallel_layer_equals_one_process<double>(1e-12);
+}
+
+// The whole model expert parallel: loss, parameters, AdamW moments and steps after 5 steps as one
+// process with the global batch; every expert receives the single process's tokens.
+template <typename T>
+void check_expert_parallel_equals_one_process(double tolerance) {
+    const dist::Communicator& comm = world();
+    const auto batches = make_batches<T>(tiny_config(), 5, 5, 10);  // B = 5: uneven slices on 2 ranks
+    const Trained<T> alone = train_alone(batches);
+    Rng init(comm.rank() == 0 ? 5 : 1000 + comm.rank());  // other weights: the broadcast must fix them
+    seemoe::nn::VisionMoELanguageModel<T> model(tiny_config(), init);
+    const Trained<T> parallel = train_expert_parallel(model, batches, alone.routed, comm);
+    REQUIRE(parallel.losses.size() == 5);
+    for (std::size_t s = 0; s < 5; ++s) {
+        INFO("step " << s + 1 << ": " << parallel.losses[s] << " vs " << alone.losses[s]);
+        CHECK(std::abs(parallel.losses[s] - alone.losses[s]) <= tolerance * std::abs(alone.losses[s]));
+    }
+    const double diff = max_relative_difference(parallel.params, alone.params);
+    const double diff_m = max_relative_difference(parallel.exp_avg, alone.exp_avg);
+    const double diff_v = max_relative_difference(parallel.exp_avg_sq, alone.exp_avg_sq);
+    INFO("rank " << comm.rank() << ": max relative difference of parameters " << diff << ", exp_avg " << diff_m
+                 << ", exp_avg_sq " << diff_v);
+    CHECK(diff <= tolerance);
+    CHECK(diff_m <= tolerance);
+    CHECK(diff_v <= tolerance);
+    CHECK(parallel.adam_steps == alone.adam_steps);
+    Rng rng(5);
+    seemoe::nn::VisionMoELanguageModel<T> initial(tiny_config(), rng);
+    CHECK(max_relative_difference(parallel.params, initial.parameters()) > 1e3 * tolerance);
+}
+
+TEST_CASE("Expert parallel model equals one process with the global batch (float, 5 AdamW steps)", "[dist]") {
     check_expert_parallel_equals_one_process<float>(1e-5);
 }
 
-TEST_CASE("Expert parallel equals one process, every expert gets its tokens (double, 5 AdamW steps)", "[dist]") {
+TEST_CASE("Expert parallel model equals one process with the global batch (double, 5 AdamW steps)", "[dist]") {
     check_expert_parallel_equals_one_process<double>(1e-12);
+}
+
+// A checkpoint rank 0 writes after 5 steps on 2 ranks (data parallel, then expert parallel) loads
+// in a single process (load_model, no MPI involved) and gives the logits the 2-rank model gives.
+TEST_CASE("A checkpoint written by 2 ranks loads in one process with the same logits", "[dist]") {
+    const dist::Communicator& comm = world();
+    const auto batches = make_batches<float>(tiny_config(), 5, 5, 10);
+    const Trained<float> alone = train_alone(batches);
+    const Batch<float>& probe = batches.front();
+    const dist::Shard shard = dist::batch_shard(probe.B, comm.rank(), comm.size());
+    const Batch<float> mine = probe.slice(shard.begin, shard.end);
+    const auto tokenizer = seemoe::data::CharTokenizer::from_texts({"abcdefghi"});
+    REQUIRE(tokenizer.vocab_size() == tiny_config().decoder.vocab_size);
+    for (const bool expert_parallel : {false, true}) {
+        INFO((expert_parallel ? "expert parallel" : "data parallel"));
+        Rng init(comm.rank() == 0 ? 5 : 1000 + comm.rank());
+        seemoe::nn::VisionMoELanguageModel<float> model(tiny_config(), init);
+        std::unique_ptr<dist::ExpertParallel<float>> ep;
+        if (expert_parallel) {
+            train_expert_parallel(model, batches, alone.routed, comm);
+            ep = std::make_unique<dist::ExpertParallel<float>>(moe_layers(model), comm);
+            ep->attach();  // the logits below come from the 2-rank model, experts split
+        } else {
+            const Trained<float> dp = train_data_parallel(batches, comm);
+            auto named = model.named_parameters();
+            for (std::size_t i = 0; i < named.size(); ++i)
+                std::copy_n(dp.params[i].data(), dp.params[i].numel(), named[i].second.data());
+        }
+        // Rank 0 writes the checkpoint (the model is whole on it: gathered, or a replica).
+        std::unique_ptr<seemoe::testing::TempDir> dir;
+        std::string path;
+        if (comm.rank() == 0) {
+            dir = std::make_unique<seemoe::testing::TempDir>("seemoe_test_dist_");
+            path = dir->file("model.safetensors");
+            seemoe::nn::save_model(path, model, tokenizer, 5);
+        }
+        comm.broadcast(path, 0);
+        model.eval();
+        Rng rng(0);
+        Tensor<float> parallel_logits;
+        {
+            seemoe::NoGradGuard no_grad;
+            parallel_logits = model.forward(mine.images, mine.ids, mine.L, rng);  // (b, Tv+L, V)
+        }
+        // Every rank loads the file alone and computes its slice's logits in one process.
+        seemoe::nn::LoadedModel loaded = seemoe::nn::load_model(path);
+        loaded.model.eval();
+        Tensor<float> single_logits;
+        {
+            seemoe::NoGradGuard no_grad;
+            single_logits = loaded.model.forward(mine.images, mine.ids, mine.L, rng);  // (b, Tv+L, V)
+        }
+        const double diff = max_relative_difference(std::vector<Tensor<float>>{single_logits},
+                                                    std::vector<Tensor<float>>{parallel_logits});
+        INFO("rank " << comm.rank() << ": logits differ by " << diff << " (relative)");
+        CHECK(diff <= 1e-5);
+        // And the checkpoint is the single process's model after the same 5 steps.
+        CHECK(max_relative_difference(loaded.model.parameters(), alone.params) <= 1e-5);
+        comm.barrier();  // rank 1 has read the file before rank 0 removes it
+    }
 }
 
 // The bad-input scenario: rank 1's batch has targets that do not fill (B, L). Every rank must end

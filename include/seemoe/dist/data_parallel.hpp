@@ -68,8 +68,9 @@ void broadcast_parameters(const std::vector<Tensor<T>>& params, const Communicat
 // What the communication of a run cost, for `bench` and the trainer's summary.
 struct CommStats {
     double seconds = 0;       // wall time inside the reducer (packing, MPI, unpacking)
-    std::int64_t bytes = 0;   // payload handed to all-reduce (each rank; see README for the wire)
-    std::int64_t calls = 0;   // all-reduce calls
+    std::int64_t bytes = 0;   // payload handed to MPI (each rank; see README for the wire)
+    std::int64_t remote_bytes = 0;  // of those, bytes addressed to other ranks (all-to-all only)
+    std::int64_t calls = 0;   // collective calls
     void reset() { *this = CommStats{}; }
 };
 

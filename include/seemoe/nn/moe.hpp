@@ -23,7 +23,8 @@
 // forward_composed() builds the same computation from index_select, the expert modules, mul and
 // index_add, and is what runs when the experts are not plain ReLU MLPs with one dropout
 // probability. forward_with_stats() also returns what the router did (RoutingStats) and, when
-// asked, the auxiliary losses: Switch's load balancing and ST-MoE's router z-loss.
+// asked, the auxiliary losses: Switch's load balancing and ST-MoE's router z-loss. A layer given an
+// ExpertDispatcher hands it the routed experts' work instead (expert parallelism over MPI).
 //
 // Legend: N tokens, C channels, E experts, K experts per token.
 #pragma once
@@ -218,6 +219,21 @@ template <typename T>
 using NoisyTopkRouter = TopkRouter<T>;
 
 template <typename T>
+class SparseMoE;
+
+// Runs the routed experts of a SparseMoE in its place: the seam where expert parallelism
+// (seemoe/dist/expert_parallel.hpp) sends each row to the process that owns its expert. run()
+// returns what moe_experts(tokens, gates, experts, <the layer's experts>, ...) would: (N, C).
+// A layer without one (the default) runs all its experts itself.
+template <typename T>
+class ExpertDispatcher {
+public:
+    virtual ~ExpertDispatcher() = default;
+    virtual Tensor<T> run(const SparseMoE<T>& moe, const Tensor<T>& tokens, const Tensor<T>& gates,
+                          const std::vector<Index>& experts, Rng& rng) const = 0;  // (N, C)
+};
+
+template <typename T>
 class SparseMoE : public Module<T> {
 public:
     SparseMoE() = default;
@@ -239,10 +255,15 @@ public:
         Routing<T> routing = router.forward(tokens, rng);                     // gates (N, K)
         MoEOutput<T> result = start(routing, N, request);
         std::vector<Index> kept = apply_capacity(routing, N, request);        // (N, K)
-        const Dropout<T>& drop = experts.front().drop;
-        const std::vector<ExpertWeightRefs<T>> routed = refs(experts);        // E references, no copies
-        Tensor<T> out = moe_experts(tokens, routing.gates, kept, ExpertWeightsView<T>(routed), drop.p,
-                                    drop.is_training(), rng);                  // (N, C)
+        Tensor<T> out;                                                        // (N, C)
+        if (dispatcher) {
+            out = dispatcher->run(*this, tokens, routing.gates, kept, rng);   // (N, C)
+        } else {
+            const Dropout<T>& drop = experts.front().drop;
+            const std::vector<ExpertWeightRefs<T>> routed = refs(experts);    // E references, no copies
+            out = moe_experts(tokens, routing.gates, kept, ExpertWeightsView<T>(routed), drop.p, drop.is_training(),
+                              rng);                                           // (N, C)
+        }
         if (!shared_experts.empty()) {
             // Every token to every shared expert with gate 1: the same fused op.
             const Index S = num_shared_experts();
@@ -304,6 +325,19 @@ public:
         return forward_composed_with_stats(x, rng).out;                       // (..., C)
     }
 
+    // The tensors of experts [first, first + count) of `list` lent to the op: references only, no
+    // Tensor copied.
+    static std::vector<ExpertWeightRefs<T>> refs(const std::vector<Expert<T>>& list, std::size_t first = 0,
+                                                 std::size_t count = static_cast<std::size_t>(-1)) {
+        count = std::min(count, list.size() - first);
+        std::vector<ExpertWeightRefs<T>> r(count);
+        for (std::size_t i = 0; i < count; ++i) {
+            const Expert<T>& e = list[first + i];
+            r[i] = {&e.fc1.weight, &e.fc1.bias, &e.fc2.weight, &e.fc2.bias};
+        }
+        return r;
+    }
+
     Index num_experts() const { return static_cast<Index>(experts.size()); }
     Index num_shared_experts() const { return static_cast<Index>(shared_experts.size()); }
 
@@ -347,6 +381,9 @@ public:
     std::vector<Expert<T>> experts;
     std::vector<Expert<T>> shared_experts;
     MoEOptions options;
+    // Set: the routed experts run through it (fused path only; see ExpertDispatcher). Not a
+    // parameter and not saved.
+    std::shared_ptr<const ExpertDispatcher<T>> dispatcher;
 
 protected:
     void visit_members(ModuleVisitor<T>& v, const std::string& prefix) override {
@@ -369,13 +406,6 @@ private:
         return true;
     }
 
-    // The experts' tensors lent to the op: references only, no Tensor copied.
-    static std::vector<ExpertWeightRefs<T>> refs(const std::vector<Expert<T>>& list) {
-        std::vector<ExpertWeightRefs<T>> r(list.size());
-        for (std::size_t e = 0; e < list.size(); ++e)
-            r[e] = {&list[e].fc1.weight, &list[e].fc1.bias, &list[e].fc2.weight, &list[e].fc2.bias};
-        return r;
-    }
 
     // The statistics' frame, the router entropy and the auxiliary losses, all from the routing
     // before any capacity drop.
