@@ -131,10 +131,10 @@ inline Preset make_preset(const std::string& name) {
         m.decoder.block_size = 32;
         m.decoder.dropout = 0.0;
         m.visual_tokens = VisualTokens::CLS;
-        p.steps = 8000;
+        p.steps = 14000;
         p.batch = 64;
         p.lr = 1e-3;
-        p.warmup = 300;
+        p.warmup = 500;
         p.eval_every = 1000;
         p.log_every = 200;
         p.eval_samples = 1000;
