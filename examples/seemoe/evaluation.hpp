@@ -173,6 +173,21 @@ inline std::vector<Index> all_samples(const CaptionDataset& ds) {
 // routing[layer][expert]: positions each expert received.
 using RoutingCounts = std::vector<std::vector<Index>>;
 
+// The busiest expert's share over the mean share (1 = even, E = one expert takes all), averaged
+// over the layers of `routing`.
+inline double mean_max_over_mean(const RoutingCounts& routing) {
+    double total = 0;
+    for (const auto& counts : routing) {
+        Index sum = 0, most = 0;
+        for (Index c : counts) {
+            sum += c;
+            most = std::max(most, c);
+        }
+        if (sum > 0) total += static_cast<double>(most) * static_cast<double>(counts.size()) / static_cast<double>(sum);
+    }
+    return routing.empty() ? 0.0 : total / static_cast<double>(routing.size());
+}
+
 // Mean loss per caption token over `samples`; adds the expert routing to *routing when given.
 inline double mean_loss(Model& model, const Batcher& batcher, const std::vector<Index>& samples, Index batch_size,
                         RoutingCounts* routing = nullptr) {
@@ -189,13 +204,16 @@ inline double mean_loss(Model& model, const Batcher& batcher, const std::vector<
     Index tokens = 0;
     for (const auto& group : equal_length_batches(batcher.dataset(), batcher.tokenizer(), samples, batch_size)) {
         seemoe::data::Batch batch = batcher.make_batch(group);
-        const float loss = model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, unused).item();
+        seemoe::nn::MoETrace<float> trace;
+        const float loss =
+            model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, unused, routing ? &trace : nullptr)
+                .item();
         const Index n = batch.batch_size * batch.seq_len;  // every target is real: no padding
         total += static_cast<double>(loss) * static_cast<double>(n);
         tokens += n;
         if (routing)
-            for (std::size_t l = 0; l < model.decoder.blocks.size(); ++l) {
-                const auto& counts = model.decoder.blocks[l].moe.last_tokens_per_expert;
+            for (std::size_t l = 0; l < trace.layers.size(); ++l) {
+                const auto& counts = trace.layers[l].tokens_per_expert;
                 for (std::size_t e = 0; e < counts.size(); ++e) (*routing)[l][e] += counts[e];
             }
     }
