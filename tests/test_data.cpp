@@ -650,3 +650,148 @@ TEST_CASE("batcher: step_samples depends only on (seed, step), uses full batches
     Batcher too_big(data, tok, options);
     CHECK_THROWS_WITH(too_big.step_samples(0, 9), Catch::Contains("no full batch"));
 }
+
+// ---- augmentation (augment.hpp) -----------------------------------------------------------------
+
+namespace {
+// A 3 x 3 RGB image whose pixel (y, x) has values (10 (3y + x) + 10, +1, +2): every pixel distinct.
+std::vector<std::uint8_t> numbered_image() {
+    std::vector<std::uint8_t> im(27);
+    for (int p = 0; p < 9; ++p)
+        for (int c = 0; c < 3; ++c) im[static_cast<std::size_t>(p * 3 + c)] = static_cast<std::uint8_t>(10 * p + 10 + c);
+    return im;
+}
+// Channel 0 of an augmented 3 x 3 image, row by row.
+std::vector<int> red(const std::vector<std::uint8_t>& im) {
+    std::vector<int> out;
+    for (std::size_t p = 0; p < 9; ++p) out.push_back(im[p * 3]);
+    return out;
+}
+}  // namespace
+
+TEST_CASE("augment: crop with padding and flip move pixels as stated, black outside", "[data]") {
+    const std::vector<std::uint8_t> in = numbered_image();
+    std::vector<std::uint8_t> out(27);
+    AugmentDraw d;
+    apply_augmentation(in.data(), 3, d, out.data());
+    CHECK(out == in);  // nothing drawn: a copy
+    d.dx = 1;  // output (y, x) = input (y, x + 1): the picture moves left by one
+    apply_augmentation(in.data(), 3, d, out.data());
+    CHECK(red(out) == std::vector<int>{20, 30, 0, 50, 60, 0, 80, 90, 0});
+    d.dx = 0;
+    d.dy = -1;  // output (y, x) = input (y - 1, x): down by one
+    apply_augmentation(in.data(), 3, d, out.data());
+    CHECK(red(out) == std::vector<int>{0, 0, 0, 10, 20, 30, 40, 50, 60});
+    d.dy = 0;
+    d.flip = true;
+    apply_augmentation(in.data(), 3, d, out.data());
+    CHECK(red(out) == std::vector<int>{30, 20, 10, 60, 50, 40, 90, 80, 70});
+    CHECK(out[1] == 31);  // channels move together
+    CHECK(out[2] == 32);
+    d.dx = 1;  // flip first, then the shift reads one further right in the input
+    apply_augmentation(in.data(), 3, d, out.data());
+    CHECK(red(out) == std::vector<int>{20, 10, 0, 50, 40, 0, 80, 70, 0});
+}
+
+TEST_CASE("augment: contrast around the image mean, then brightness, rounded and clipped", "[data]") {
+    // Values 10..92, mean 51 over the 27 values.
+    const std::vector<std::uint8_t> in = numbered_image();
+    std::vector<std::uint8_t> out(27);
+    AugmentDraw d;
+    d.contrast = 1.25;
+    apply_augmentation(in.data(), 3, d, out.data());
+    CHECK(out[0] == 0);         // (10 - 51) * 1.25 + 51 = -0.25 -> 0
+    CHECK(out[15] == 62);       // value 60: 9 * 1.25 + 51 = 62.25
+    CHECK(out[26] == 102);      // value 92: 41 * 1.25 + 51 = 102.25
+    d.contrast = 0.5;
+    apply_augmentation(in.data(), 3, d, out.data());
+    CHECK(out[1] == 31);        // value 11: -40 * 0.5 + 51
+    CHECK(out[25] == 71);       // value 91: 40 * 0.5 + 51
+    d.contrast = 1.0;
+    d.brightness = 0.5;
+    apply_augmentation(in.data(), 3, d, out.data());
+    CHECK(out[0] == 5);         // 10 * 0.5
+    CHECK(out[1] == 6);         // 11 * 0.5 = 5.5, to even
+    CHECK(out[26] == 46);
+    d.brightness = 3.0;
+    apply_augmentation(in.data(), 3, d, out.data());
+    CHECK(out[0] == 30);
+    CHECK(out[26] == 255);      // 276 clipped
+}
+
+TEST_CASE("augment: draws stay in range, follow the seed and leave switched-off steps alone", "[data]") {
+    AugmentOptions o;
+    o.crop_padding = 2;
+    o.horizontal_flip = true;
+    o.contrast = 0.2;
+    o.brightness = 0.1;
+    Rng a(5), b(5);
+    std::set<int> shifts;
+    int flips = 0;
+    for (int i = 0; i < 400; ++i) {
+        const AugmentDraw d = draw_augmentation(o, a), e = draw_augmentation(o, b);
+        CHECK(d.dx == e.dx);  // same seed, same draws
+        CHECK(d.dy == e.dy);
+        CHECK(d.flip == e.flip);
+        CHECK(d.contrast == e.contrast);
+        CHECK(d.brightness == e.brightness);
+        CHECK(d.dx >= -2);
+        CHECK(d.dx <= 2);
+        CHECK(d.contrast >= 0.8);
+        CHECK(d.contrast <= 1.2);
+        CHECK(d.brightness >= 0.9);
+        CHECK(d.brightness <= 1.1);
+        shifts.insert(d.dx);
+        flips += d.flip ? 1 : 0;
+    }
+    CHECK(shifts.size() == 5);  // every shift in [-2, 2] occurs
+    CHECK(flips > 150);
+    CHECK(flips < 250);
+    // Flip off: never flipped; nothing on: nothing drawn (the Rng is untouched).
+    AugmentOptions no_flip = o;
+    no_flip.horizontal_flip = false;
+    Rng c(5);
+    for (int i = 0; i < 50; ++i) CHECK_FALSE(draw_augmentation(no_flip, c).flip);
+    Rng d(9), untouched(9);
+    draw_augmentation(AugmentOptions{}, d);
+    CHECK(d.next_u64() == untouched.next_u64());
+    AugmentOptions bad;
+    bad.contrast = 1.5;
+    CHECK_THROWS_WITH(draw_augmentation(bad, d), Catch::Contains("[augment]") && Catch::Contains("contrast"));
+}
+
+TEST_CASE("augment: a training batch is the same for the same (seed, step) and differs for another", "[data]") {
+    CaptionDataset ds(8);
+    Rng fill(3);
+    for (int i = 0; i < 6; ++i) {
+        Image im;
+        im.width = im.height = 8;
+        im.rgb.resize(8 * 8 * 3);
+        for (auto& v : im.rgb) v = static_cast<std::uint8_t>(fill.randint(0, 256));
+        ds.add(im, i % 2 ? "a cat" : "a dog");
+    }
+    const CharTokenizer tok = CharTokenizer::from_texts(ds.captions());
+    BatcherOptions bo;
+    bo.batch_size = 3;
+    const Batcher batcher(ds, tok, bo);
+    AugmentOptions o;
+    o.crop_padding = 2;
+    o.horizontal_flip = true;
+    o.brightness = 0.2;
+    const Batch plain = batcher.make_batch({4, 1, 2});
+    const Batch first = batcher.make_batch({4, 1, 2}, o, 7, 10);
+    const Batch again = batcher.make_batch({4, 1, 2}, o, 7, 10);
+    const Batch alone = batcher.make_batch({2}, o, 7, 10);  // sample 2 in another batch
+    const Batch next_step = batcher.make_batch({4, 1, 2}, o, 7, 11);
+    const Batch other_seed = batcher.make_batch({4, 1, 2}, o, 8, 10);
+    CHECK(first.images.to_vector() == again.images.to_vector());
+    CHECK(first.images.to_vector() != plain.images.to_vector());
+    CHECK(first.images.to_vector() != next_step.images.to_vector());
+    CHECK(first.images.to_vector() != other_seed.images.to_vector());
+    const std::vector<float> all = first.images.to_vector(), one = alone.images.to_vector();
+    CHECK(std::vector<float>(all.begin() + 2 * 192, all.end()) == one);
+    CHECK(first.input_ids == plain.input_ids);  // captions untouched
+    CHECK(first.targets == plain.targets);
+    // With every option off, the batch equals the plain one.
+    CHECK(batcher.make_batch({4, 1, 2}, AugmentOptions{}, 7, 10).images.to_vector() == plain.images.to_vector());
+}

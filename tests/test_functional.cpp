@@ -177,6 +177,49 @@ TEST_CASE("cross_entropy over many rows equals the mean of per-row losses", "[op
     CHECK(seemoe::cross_entropy(logits, targets).item() == Approx(expected / counted).epsilon(1e-12));
 }
 
+TEST_CASE("cross_entropy with label smoothing: closed form and gradient", "[ops]") {
+    // Against the smoothed target q = (1-e) one_hot + e/V: loss = -sum_j q_j log softmax(x)_j per
+    // counted row, d loss / dx = (softmax(x) - q) / rows counted.
+    const double e = 0.1;
+    Tensord logits = values({3, 4}, {1, 2, 3, -1, 5, 5, 5, 5, 2, -0.5, 0.25, 1});
+    logits.requires_grad_();
+    const std::vector<Index> targets{2, -100, 0};
+    const Tensord loss = seemoe::cross_entropy(logits, targets, seemoe::kIgnoreIndex, e);
+    double expected = 0.0;
+    std::vector<std::vector<double>> grad(3, std::vector<double>(4, 0.0));
+    for (Index r : {0, 2}) {
+        double sum = 0.0;
+        for (Index c = 0; c < 4; ++c) sum += std::exp(logits.at({r, c}));
+        for (Index c = 0; c < 4; ++c) {
+            const double p = std::exp(logits.at({r, c})) / sum;
+            const double q = (c == targets[r] ? 1.0 - e : 0.0) + e / 4.0;
+            expected -= q * std::log(p);
+            grad[r][c] = (p - q) / 2.0;
+        }
+    }
+    CHECK(loss.item() == Approx(expected / 2.0).epsilon(1e-12));
+    loss.backward();
+    for (Index r = 0; r < 3; ++r)
+        for (Index c = 0; c < 4; ++c) CHECK(logits.grad().at({r, c}) == Approx(grad[r][c]).margin(1e-14));
+    // e = 0 is the plain loss, bit for bit.
+    CHECK(seemoe::cross_entropy(logits.detach(), targets, seemoe::kIgnoreIndex, 0.0).item() ==
+          seemoe::cross_entropy(logits.detach(), targets).item());
+    // The loss is smallest where softmax equals q, not at an infinitely confident logit.
+    const Tensord at_q = values({1, 2}, {std::log(1 - e / 2), std::log(e / 2)});
+    const Tensord sharper = values({1, 2}, {std::log(1 - e / 4), std::log(e / 4)});
+    CHECK(seemoe::cross_entropy(at_q, {0}, seemoe::kIgnoreIndex, e).item() <
+          seemoe::cross_entropy(sharper, {0}, seemoe::kIgnoreIndex, e).item());
+}
+TEST_CASE("cross_entropy with label smoothing: gradient matches finite differences", "[ops]") {
+    Rng rng(33);
+    Tensord logits = grad_input({2, 3, 6}, rng, 2.0);
+    const std::vector<Index> targets{5, -100, 0, 2, 1, -100};
+    for (double e : {0.05, 0.3}) {
+        CHECK_GRADCHECK(gradcheck([&](const std::vector<Tensord>& in) {
+            return seemoe::cross_entropy(in[0], targets, seemoe::kIgnoreIndex, e);
+        }, {logits}));
+    }
+}
 TEST_CASE("cross_entropy rejects bad targets", "[ops]") {
     const Tensord logits = Tensord::zeros({2, 4});
     CHECK_THROWS_WITH(seemoe::cross_entropy(logits, {1, 2, 3}),
@@ -187,6 +230,8 @@ TEST_CASE("cross_entropy rejects bad targets", "[ops]") {
                       Catch::Contains("[cross_entropy]") && Catch::Contains("target -1"));
     CHECK_THROWS_WITH(seemoe::cross_entropy(Tensord::zeros({2, 0}), {}),
                       Catch::Contains("[cross_entropy]") && Catch::Contains("(2, 0)"));
+    CHECK_THROWS_WITH(seemoe::cross_entropy(logits, {1, 2}, seemoe::kIgnoreIndex, 1.0),
+                      Catch::Contains("[cross_entropy]") && Catch::Contains("label_smoothing"));
 }
 
 // ---- layer_norm --------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ inline const std::vector<FlagSpec>& eval_flags() {
         {"--split", "val|test", "which rows to evaluate (default: val)"},
         {"--text", "FILE", "text models: the text whose last 10% is scored (default: the one it was trained on)"},
         {"--batch", "N", "images (text: windows) per evaluation batch (default: 64)"},
+        {"--attributes", "A,B,...",
+         "names for the per-word table's slots, the last taking the remaining words (shapes: "
+         "article,size,colour,shape,position); default: one slot per word"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores)"},
         {"--plots", "DIR", "where the PNG pictures go (default: the model's folder)"},
         {"--no-plots", nullptr, "write no pictures"},
@@ -38,8 +41,9 @@ inline std::string eval_usage() {
            "       seemoe eval --model PATH [--text FILE]          (a text model)\n\n"
            "Measures a trained model on a split: loss per caption token, caption exact match,\n"
            "character accuracy (1 - edit distance / caption length), and the positions routed to\n"
-           "each expert of each MoE layer. A text model is scored on the val part (the last 10%) of\n"
-           "its text file: loss per character and bits per character (loss / ln 2), every character\n"
+           "each expert of each MoE layer, and the accuracy of each word of the captions (word k of\n"
+           "the model's caption against word k of the truth: which attribute fails). A text model is\n"
+           "scored on the val part (the last 10%) of its text file: loss per character and bits per character (loss / ln 2), every character\n"
            "predicted once from the up to block_size characters before it.\n\n"
            "Pictures (PNG, into --plots DIR, by default the model's folder): loss.png, the train and\n"
            "val loss curves from the metrics.jsonl next to the model (when there is one); for image\n"
@@ -101,7 +105,7 @@ inline void write_eval_pictures(const std::string& plots, const std::string& mod
 
 // `seemoe eval` on a text model: the val part of its text file, every character once.
 inline int run_text_eval(const Args& args) {
-    for (const char* flag : {"--data", "--split"})
+    for (const char* flag : {"--data", "--split", "--attributes"})
         if (args.has(flag))
             throw CliError(std::string(flag) + " applies to image models; this is a text model",
                            "drop it (pass --text FILE to score another text)");
@@ -154,6 +158,17 @@ inline int run_eval(int argc, char** argv) {
     const Split split = args.get_choice("--split", "val", {"val", "test"}) == "val" ? Split::val : Split::test;
     const Index batch = args.get_int("--batch", 64, 1);
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
+    std::vector<std::string> attributes;
+    if (args.has("--attributes")) {
+        std::istringstream list(args.get("--attributes", ""));
+        for (std::string name; std::getline(list, name, ',');) {
+            if (name.empty())
+                throw CliError("--attributes has an empty name", "pass names separated by single commas, e.g. "
+                                                                 "article,size,colour,shape,position");
+            attributes.push_back(name);
+        }
+        if (attributes.empty()) throw CliError("--attributes is empty", "pass at least one name");
+    }
 
     Checkpoint ck = load_checkpoint(args.get("--model", ""));
     const CaptionDataset ds = load_split(data_path, split, ck.model.config.vision.image_size, args.flag("--allow-outside-paths"));
@@ -190,6 +205,7 @@ inline int run_eval(int argc, char** argv) {
         std::printf("some captions it got wrong:\n");
         print_examples(score, 5, /*mistakes_only=*/true);
     }
+    print_word_accuracy(word_accuracy(score, attributes));
 
     print_routing(routing, ck.model.config.decoder.top_k);
     write_eval_pictures(plots, ck.path, seemoe::data::split_name(split), &analysis);

@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <set>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -289,6 +291,61 @@ inline CaptionScore score_captions(Model& model, const Batcher& batcher, const s
         }
     }
     return score;
+}
+
+// Which part of the captions a model gets wrong: captions are split into words at spaces, and
+// word k of the model's caption is compared with word k of the truth (a missing word is wrong).
+// With `names` (e.g. article, size, colour, shape, position) slot k is called names[k] and the
+// last name takes all the remaining words together ("at the top left" is one position).
+struct WordSlot {
+    std::string name;              // "word 3", or the given name
+    std::set<std::string> words;   // the truth's words in this slot
+    Index total = 0, right = 0;
+    double accuracy() const { return total ? static_cast<double>(right) / static_cast<double>(total) : 0.0; }
+};
+
+inline std::vector<std::string> split_words(const std::string& caption, std::size_t slots) {
+    std::vector<std::string> words;
+    std::istringstream in(caption);
+    for (std::string w; in >> w;) {
+        if (slots > 0 && words.size() == slots) words.back() += " " + w;
+        else words.push_back(w);
+    }
+    return words;
+}
+
+inline std::vector<WordSlot> word_accuracy(const CaptionScore& score, const std::vector<std::string>& names = {}) {
+    std::vector<WordSlot> slots;
+    for (const auto& [truth, prediction] : score.examples) {
+        const std::vector<std::string> t = split_words(truth, names.size()), p = split_words(prediction, names.size());
+        for (std::size_t k = 0; k < t.size(); ++k) {
+            if (slots.size() <= k) {
+                slots.emplace_back();
+                slots.back().name = k < names.size() ? names[k] : "word " + std::to_string(k + 1);
+            }
+            slots[k].words.insert(t[k]);
+            slots[k].total += 1;
+            slots[k].right += k < p.size() && p[k] == t[k] ? 1 : 0;
+        }
+    }
+    return slots;
+}
+
+inline void print_word_accuracy(const std::vector<WordSlot>& slots) {
+    std::printf("per-word accuracy (word k of the model's caption against word k of the truth)\n");
+    for (const WordSlot& slot : slots) {
+        std::string words;
+        std::size_t shown = 0;
+        for (const std::string& w : slot.words) {
+            if (shown++ == 8) {
+                words += format(", ... (%zu in all)", slot.words.size());
+                break;
+            }
+            words += (words.empty() ? "" : ", ") + w;
+        }
+        std::printf("  %-10s %7s (%lld/%lld)  %s\n", slot.name.c_str(), format_percent(slot.accuracy()).c_str(),
+                    static_cast<long long>(slot.right), static_cast<long long>(slot.total), words.c_str());
+    }
 }
 
 // "    truth:      a small red circle\n    prediction: a small red square" for the first n examples.

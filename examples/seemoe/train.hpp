@@ -54,6 +54,12 @@ struct TrainSettings {
     double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.01, grad_clip = 1.0;
     std::uint64_t seed = 1337;
     Index eval_every = 0, eval_samples = 200, eval_batches = 200, save_every = 0, log_every = 0;
+    // The image recipe (augment.hpp, cross_entropy's label smoothing); off unless a preset or
+    // flag turns it on.
+    double label_smoothing = 0;
+    Index crop_padding = 0;
+    std::string flip = "none";  // none | horizontal
+    double brightness = 0, contrast = 0;
     // Coefficients of the MoE auxiliary losses added to the training loss (0: off, nothing computed).
     double balance_loss = 0.0, z_loss = 0.0;
     // Staged training (nn/staging.hpp): comma-separated parameter-name patterns, and MoE-LLaVA's
@@ -62,18 +68,31 @@ struct TrainSettings {
     Index stage = 0;
 
     bool is_text() const { return !text.empty(); }
+
+    seemoe::data::AugmentOptions augment() const {
+        seemoe::data::AugmentOptions a;
+        a.crop_padding = static_cast<int>(crop_padding);
+        a.horizontal_flip = flip == "horizontal";
+        a.brightness = brightness;
+        a.contrast = contrast;
+        return a;
+    }
 };
 
 // The settings that mean something only for image runs, or only for text runs: the others are
 // refused as flags and left out of the run table.
 inline bool image_only_setting(const std::string& name) {
     return name == "data" || name == "eval_samples" || name == "balance_loss" || name == "z_loss" ||
-           name == "freeze" || name == "train_only" || name == "stage";
+           name == "freeze" || name == "train_only" || name == "stage" || name == "label_smoothing" ||
+           name == "crop_padding" || name == "flip" || name == "brightness" || name == "contrast";
 }
 inline bool text_only_setting(const std::string& name) { return name == "text" || name == "eval_batches"; }
-// Settings added after runs were first stored: a stored run may lack them (then the default).
+// Settings added after runs were first stored: a stored run may lack them (then the default: the
+// auxiliary losses, staging and the image recipe off, as those runs trained).
 inline bool later_setting(const std::string& name) {
-    return name == "balance_loss" || name == "z_loss" || name == "freeze" || name == "train_only" || name == "stage";
+    return name == "balance_loss" || name == "z_loss" || name == "freeze" || name == "train_only" ||
+           name == "stage" || name == "label_smoothing" || name == "crop_padding" || name == "flip" ||
+           name == "brightness" || name == "contrast";
 }
 
 // The flag that sets a setting, and the range its value must be in.
@@ -96,7 +115,31 @@ void for_each_setting(Settings& s, Fn&& fn) {
     static const SettingFlag steps{{"--steps", "N", "total optimisation steps"}, 1};
     static const SettingFlag batch{{"--batch", "N", "images (text: windows) per step"}, 1};
     static const SettingFlag warmup{{"--warmup", "N", "linear warmup steps before the cosine decay"}, 0};
-    static const SettingFlag lr{{"--lr", "X", "peak learning rate (AdamW, weight decay 0.01)"}, 0, 10};
+    static const SettingFlag lr{{"--lr", "X", "peak learning rate (AdamW)"}, 0, 10};
+    static const SettingFlag min_lr_ratio{
+        {"--min-lr-ratio", "X", "the cosine decay ends at lr * X (default 0.1)"}, 0, 1};
+    static const SettingFlag weight_decay{{"--weight-decay", "X", "AdamW weight decay (default 0.01)"}, 0, 1};
+    static const SettingFlag label_smoothing{
+        {"--label-smoothing", "X",
+         "train against (1-X) one-hot + X/V: softer targets, better calibrated (default 0; fashion 0.1)"},
+        0, 0.99};
+    static const SettingFlag crop_padding{
+        {"--crop-padding", "N",
+         "augment: shift each training image by up to N pixels (random crop of the image padded with "
+         "black; default 0 = off; fashion 2)"},
+        0};
+    static const SettingFlag flip{
+        {"--flip", "none|horizontal",
+         "augment: mirror training images left-right at random; only where captions stay true "
+         "(no 'left'/'right' in them; default none; fashion horizontal)"}};
+    static const SettingFlag brightness{
+        {"--brightness", "X", "augment: multiply pixel values by a factor from [1-X, 1+X] (default 0; fashion 0.2)"},
+        0, 1};
+    static const SettingFlag contrast{
+        {"--contrast", "X",
+         "augment: scale values' distance from the image mean by a factor from [1-X, 1+X] (default 0; "
+         "fashion 0.2)"},
+        0, 1};
     static const SettingFlag seed{{"--seed", "N", "seed of every random number (default 1337)"}};
     static const SettingFlag eval_every{
         {"--eval-every", "N", "validate every N steps (val loss, exact match, sample captions)"}, 1};
@@ -115,8 +158,8 @@ void for_each_setting(Settings& s, Fn&& fn) {
     fn("batch", s.batch, &batch);
     fn("warmup", s.warmup, &warmup);
     fn("lr", s.lr, &lr);
-    fn("min_lr_ratio", s.min_lr_ratio, nullptr);
-    fn("weight_decay", s.weight_decay, nullptr);
+    fn("min_lr_ratio", s.min_lr_ratio, &min_lr_ratio);
+    fn("weight_decay", s.weight_decay, &weight_decay);
     fn("grad_clip", s.grad_clip, nullptr);
     fn("seed", s.seed, &seed);
     fn("eval_every", s.eval_every, &eval_every);
@@ -134,6 +177,11 @@ void for_each_setting(Settings& s, Fn&& fn) {
         10};
     fn("balance_loss", s.balance_loss, &balance_loss);
     fn("z_loss", s.z_loss, &z_loss);
+    fn("label_smoothing", s.label_smoothing, &label_smoothing);
+    fn("crop_padding", s.crop_padding, &crop_padding);
+    fn("flip", s.flip, &flip);
+    fn("brightness", s.brightness, &brightness);
+    fn("contrast", s.contrast, &contrast);
     static const SettingFlag freeze{
         {"--freeze", "PATTERNS",
          "keep the parameters these comma-separated name patterns match fixed: no gradient, no optimiser "
@@ -213,6 +261,7 @@ inline std::string settings_problem(const TrainSettings& s) {
     if (s.warmup > s.steps) return "field warmup is larger than steps";
     if (s.stage > 3) return format("field stage is %lld; expected 0 to 3", static_cast<long long>(s.stage));
     if (s.stage != 0 && !s.train_only.empty()) return "fields stage and train_only are both set";
+    if (s.flip != "none" && s.flip != "horizontal") return "field flip is '" + s.flip + "', not none or horizontal";
     return "";
 }
 
@@ -249,8 +298,10 @@ inline void apply_setting_flags(const Args& args, TrainSettings& s) {
                                             : " applies to text runs (--text FILE) only"),
                            "drop " + name);
         using Field = std::decay_t<decltype(field)>;
-        if constexpr (std::is_same_v<Field, std::string>) field = args.get(name, field);
-        else if constexpr (std::is_same_v<Field, std::uint64_t>) field = args.get_seed(name, field);
+        if constexpr (std::is_same_v<Field, std::string>) {
+            if (name == "--flip") field = args.get_choice(name, field, {"none", "horizontal"});
+            else field = args.get(name, field);
+        } else if constexpr (std::is_same_v<Field, std::uint64_t>) field = args.get_seed(name, field);
         else if constexpr (std::is_same_v<Field, double>) field = args.get_double(name, field, flag->min, flag->max);
         else field = args.get_int(name, field, static_cast<Index>(flag->min));
     });
@@ -283,7 +334,7 @@ inline std::vector<std::pair<std::string, std::string>> describe_settings(const 
 inline std::vector<FlagSpec> run_flags() {
     std::vector<FlagSpec> flags = {
         {"--out", "DIR", "where checkpoints and metrics.jsonl go (default: runs/<preset>)"},
-        {"--preset", "NAME", "tiny | demo | seemore (default: demo); makemoe for --text (its default)"},
+        {"--preset", "NAME", "tiny | demo | fashion | seemore (default: demo); makemoe for --text (its default)"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores); 1 gives bit-identical reruns"},
         {"--resume", nullptr, "continue the run in --out (its settings; flags given here override them)"},
         {"--force", nullptr, "start afresh even if --out already holds a run (its files are replaced)"},
@@ -333,6 +384,9 @@ inline std::string train_usage() {
            "  demo      the default (image 24, patch 4, ViT 96 x 2, decoder 64 x 3, 8 experts top-2,\n"
            "            6000 steps of 32, lr 5e-4): 98% exact on val in 5m25s on a 2-core AVX-512 VM,\n"
            "            11m41s on a 2-core Intel Xeon (Cascade Lake) VM\n"
+           "  fashion   Fashion-MNIST from data/fashion/images (seemoe_fashion_mnist writes it): image 28,\n"
+           "            patch 4, ViT 96 x 3, CLS token, decoder 64 x 2, 4 experts; 14000 steps of 64 with\n"
+           "            augmentation and label smoothing (README 'Train on real images')\n"
            "  seemore   the original seeMoE sizes (image 96, patch 16, ViT 512 x 3, decoder 128 x 8)\n"
            "  makemoe   text only, the default with --text FILE: makeMoE's character model (decoder\n"
            "            128 x 8, 8 heads, 8 experts top-2, 32 positions, dropout 0.1; 5000 steps of 16\n"
@@ -354,13 +408,48 @@ inline std::string train_usage() {
 // existed has model.safetensors and training_state.safetensors side by side (`state`): it still
 // resumes, and its first new checkpoint replaces that layout.
 struct RunFiles {
-    fs::path out, model, state, metrics;
+    fs::path out, model, state, metrics, best;
     seemoe::io::CheckpointFolder checkpoints;
     Index keep = 3;
     explicit RunFiles(const fs::path& dir, Index keep_checkpoints = 3)
         : out(dir), model(dir / "model.safetensors"), state(dir / "training_state.safetensors"),
-          metrics(dir / "metrics.jsonl"), checkpoints(dir), keep(keep_checkpoints) {}
+          metrics(dir / "metrics.jsonl"), best(dir / "best.safetensors"), checkpoints(dir), keep(keep_checkpoints) {}
 };
+
+// best.safetensors: the model (as model.safetensors, readable by caption and eval) of the
+// validation with the highest val exact match so far; a later tie does not replace it.
+inline void save_best(const RunFiles& files, Model& model, Index step, const CharTokenizer& tokenizer,
+                      const TrainSettings& settings) {
+    with_hint("check that --out is writable and the disk has space", [&] {
+        seemoe::nn::save_model(files.best.string(), model, tokenizer, step, {{"preset", settings.preset}});
+    });
+}
+
+// The validation with the highest val exact match so far, and the step that reached it.
+struct BestSoFar {
+    double exact = -1.0;  // -1: none yet
+    Index step = 0;
+};
+
+// The first highest val_exact_match in a run's metrics.jsonl.
+inline BestSoFar best_val_exact_match(const fs::path& path) {
+    BestSoFar best;
+    std::error_code ec;
+    if (!fs::exists(path, ec)) return best;
+    std::istringstream in(seemoe::io::read_file(path.string()));
+    std::string line;
+    while (std::getline(in, line)) {
+        try {
+            const Json row = Json::parse(line);
+            if (row.contains("val_exact_match") && !row.contains("final") &&
+                row.at("val_exact_match").as_double() > best.exact)
+                best = {row.at("val_exact_match").as_double(), row.at("step").as_int()};
+        } catch (const seemoe::Error&) {
+            // a line cut short by a crash
+        }
+    }
+    return best;
+}
 
 // Commits the checkpoint of `step`: write_model(path) writes the model file, then the training
 // state (AdamW moments, step, Rng, the settings) goes beside it, both in one step folder made
@@ -481,6 +570,7 @@ inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& 
     RunState run;
     TrainSettings& s = run.settings;
     s.preset = preset.name;
+    s.data = preset.data;
     s.steps = preset.steps;
     s.batch = preset.batch;
     s.lr = preset.lr;
@@ -488,6 +578,13 @@ inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& 
     s.eval_every = preset.eval_every;
     s.save_every = 0;  // 0: follow eval_every
     s.log_every = preset.log_every;
+    s.eval_samples = preset.eval_samples;
+    s.min_lr_ratio = preset.min_lr_ratio;
+    s.label_smoothing = preset.label_smoothing;
+    s.crop_padding = preset.crop_padding;
+    s.flip = preset.flip;
+    s.brightness = preset.brightness;
+    s.contrast = preset.contrast;
     apply_setting_flags(args, s);
     if (s.save_every == 0) s.save_every = s.eval_every;
     return run;
@@ -639,8 +736,11 @@ inline void print_run_table(const RunState& run, const TrainData& data, const Ru
 
 // Loss, exact match and character accuracy on the full val and test splits: printed, and
 // returned as the final metrics.jsonl line.
+// The last step competes for best.safetensors too, scored like the periodic validations (on the
+// first `subset` val images).
 inline Json final_report(Model& model, const TrainData& data, Index step, const Stopwatch& wall,
-                         const RunFiles& files, RoutingAnalysis* val_routing = nullptr) {
+                         const RunFiles& files, std::size_t subset, BestSoFar best, const TrainSettings& settings,
+                         RoutingAnalysis* val_routing = nullptr) {
     Json report = Json::object();
     report["step"] = step;
     report["final"] = true;
@@ -669,10 +769,24 @@ inline Json final_report(Model& model, const TrainData& data, Index step, const 
         report[name + "_max_over_mean_load"] = mean_max_over_mean(routing);
         rows.push_back({name + " expert load",
                         format("max/mean %.3f (mean over the MoE layers; 1 = even)", mean_max_over_mean(routing))});
+        if (name == "val") {
+            Index exact = 0;
+            for (std::size_t i = 0; i < std::min(subset, score.examples.size()); ++i)
+                exact += score.examples[i].first == score.examples[i].second ? 1 : 0;
+            const double subset_exact = static_cast<double>(exact) / static_cast<double>(std::max<std::size_t>(subset, 1));
+            if (subset_exact > best.exact) {
+                best = {subset_exact, step};
+                save_best(files, model, step, data.tokenizer, settings);
+            }
+        }
     }
     report["time_s"] = std::round(wall.seconds() * 10) / 10;  // the whole command, evaluation included
     rows.push_back({"wall time", format_duration(wall.seconds())});
     rows.push_back({"checkpoint", files.model.string()});
+    if (best.exact >= 0)
+        rows.push_back({"best", format("%s (step %lld: exact match %s on %zu val images)", files.best.string().c_str(),
+                                       static_cast<long long>(best.step), format_percent(best.exact).c_str(),
+                                       subset)});
     print_table("final report", rows);
     return report;
 }
@@ -967,6 +1081,7 @@ void prepare_out(const RunFiles& files, const Run& run) {
         files.checkpoints.clear();  // --force: no stale checkpoint may outlive the new metrics
         fs::remove(files.model, ec);
         fs::remove(files.state, ec);
+        fs::remove(fs::path(files.out) / "best.safetensors", ec);
         with_hint("check that --out is writable and the disk has space",
                   [&] { seemoe::io::write_file_atomic(files.metrics.string(), ""); });
     }
@@ -1078,12 +1193,16 @@ inline int run_train(int argc, char** argv, Team& team) {
     model.train();
 
     NumericalGuard guard(max_bad_steps);
+    const seemoe::data::AugmentOptions augment = settings.augment();
+    // The best val exact match so far (of the steps kept in metrics.jsonl when resuming):
+    // best.safetensors holds the weights that reached it.
+    BestSoFar best = team.leader() ? best_val_exact_match(files.metrics) : BestSoFar{};
     for (Index step = run.start_step + 1; step <= end_step; ++step) {
         Stopwatch step_clock;
         // Step s (from 0) takes batch s of the (seed, epoch) shuffle, so --resume continues exactly.
         // With several ranks each takes its slice of that batch.
-        const seemoe::data::Batch batch =
-            data.train_batcher->make_batch(team.shard(data.train_batcher->step_samples(step - 1, settings.seed)));
+        const seemoe::data::Batch batch = data.train_batcher->make_batch(
+            team.shard(data.train_batcher->step_samples(step - 1, settings.seed)), augment, settings.seed, step - 1);
         const double lr = schedule.lr_at(step - 1);
         Rng rank_rng = rank_step_rng(settings.seed, step, team.rank());
         Rng& rng = team.leader() ? run.rng : rank_rng;
@@ -1094,7 +1213,8 @@ inline int run_train(int argc, char** argv, Team& team) {
         const StepResult result = train_step(
             [&] {
                 Tensor<float> loss =
-                    model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng, &trace);  // ()
+                    model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng, &trace,
+                               settings.label_smoothing);  // ()
                 if (!trace.aux_losses) return loss;
                 return seemoe::add(loss, seemoe::add(seemoe::mul(trace.balance_loss, static_cast<float>(settings.balance_loss)),
                                                      seemoe::mul(trace.z_loss, static_cast<float>(settings.z_loss))));
@@ -1138,6 +1258,10 @@ inline int run_train(int argc, char** argv, Team& team) {
             progress.newline();
             LeaderAlone alone(team);
             validate(model, data, val_subset, step, row);
+            if (row.at("val_exact_match").as_double() > best.exact) {
+                best = {row.at("val_exact_match").as_double(), step};
+                save_best(files, model, step, data.tokenizer, settings);
+            }
         }
         metrics << row.dump() << "\n";
         if (save) {
@@ -1157,7 +1281,8 @@ inline int run_train(int argc, char** argv, Team& team) {
     }
     LeaderAlone alone(team);  // the model is whole: the last step gathered it, or no step ran
     RoutingAnalysis val_routing;
-    metrics << final_report(model, data, end_step, wall, files, &val_routing).dump() << "\n";
+    metrics << final_report(model, data, end_step, wall, files, val_subset.size(), best, settings, &val_routing).dump()
+            << "\n";
     metrics.flush();
     write_run_pictures(files, &val_routing);
     return 0;

@@ -34,6 +34,7 @@
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 #include "../core/utf8.hpp"
+#include "augment.hpp"
 #include "base64.hpp"
 #include "csv.hpp"
 #include "image.hpp"
@@ -401,7 +402,13 @@ public:
     }
 
     // A batch of the given samples, in that order.
-    Batch make_batch(const std::vector<Index>& samples) const {
+    Batch make_batch(const std::vector<Index>& samples) const { return make_batch(samples, AugmentOptions{}, 0, 0); }
+
+    // A training batch of the given samples with each image augmented (augment.hpp). Sample i of
+    // step `step` draws from its own Rng(augment_seed(seed, step, i)): the same image at the
+    // same step is altered the same way whatever batch, rank or thread takes it.
+    Batch make_batch(const std::vector<Index>& samples, const AugmentOptions& augment, std::uint64_t seed,
+                     Index step) const {
         SEEMOE_CHECK(!samples.empty(), "[Batcher] make_batch needs at least one sample");
         const Index B = static_cast<Index>(samples.size());
         const Index S = dataset_->image_size();
@@ -422,12 +429,20 @@ public:
         batch.input_ids.assign(static_cast<std::size_t>(B * L), CharTokenizer::pad_id);  // (B, L)
         batch.targets.assign(static_cast<std::size_t>(B * L), kIgnoreIndex);             // (B, L)
         batch.captions.reserve(static_cast<std::size_t>(B));
+        check_augment_options(augment);
+        std::vector<std::uint8_t> scratch(augment.enabled() ? static_cast<std::size_t>(S * S * 3) : 0);  // (S, S, 3)
         for (Index b = 0; b < B; ++b) {
             const Index i = samples[static_cast<std::size_t>(b)];
             SEEMOE_CHECK(i >= 0 && i < dataset_->size(), "[Batcher] sample ", i, " is out of range for ",
                          dataset_->size(), " samples");
-            write_chw(dataset_->pixels(i), static_cast<int>(S), static_cast<int>(S),
-                      batch.images.data() + b * 3 * S * S, options_.normalization);
+            const std::uint8_t* pixels = dataset_->pixels(i);
+            if (augment.enabled()) {
+                Rng rng(augment_seed(seed, step, i));
+                augment_image(pixels, static_cast<int>(S), scratch.data(), augment, rng);
+                pixels = scratch.data();
+            }
+            write_chw(pixels, static_cast<int>(S), static_cast<int>(S), batch.images.data() + b * 3 * S * S,
+                      options_.normalization);
             const std::vector<Index>& ids = encoded_[static_cast<std::size_t>(i)];
             const Index n = static_cast<Index>(ids.size());
             Index* in = batch.input_ids.data() + b * L;
@@ -441,6 +456,12 @@ public:
             batch.captions.push_back(dataset_->caption(i));
         }
         return batch;
+    }
+
+    // The seed of sample `sample`'s augmentation at training step `step` of a run seeded `seed`.
+    static std::uint64_t augment_seed(std::uint64_t seed, Index step, Index sample) {
+        return seed ^ (0xA0761D6478BD642FULL * static_cast<std::uint64_t>(step + 1)) ^
+               (0xE7037ED1A0B428DBULL * static_cast<std::uint64_t>(sample + 1));
     }
 
     const CaptionDataset& dataset() const { return *dataset_; }

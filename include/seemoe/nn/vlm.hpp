@@ -181,8 +181,10 @@ public:
     }
 
     // Mean cross-entropy over the caption targets (B, L); kIgnoreIndex (-100) marks padding.
+    // label_smoothing: see cross_entropy (functional.hpp); 0 is the plain loss.
     Tensor<T> loss(const Tensor<T>& images, const std::vector<Index>& input_ids,
-                   const std::vector<Index>& targets, Index L, Rng& rng, MoETrace<T>* trace = nullptr) const {
+                   const std::vector<Index>& targets, Index L, Rng& rng, MoETrace<T>* trace = nullptr,
+                   double label_smoothing = 0.0) const {
         const Index B = images.size(0), Tv = num_visual_tokens();
         SEEMOE_CHECK(static_cast<Index>(targets.size()) == B * L, "[VisionMoELanguageModel] ",
                      targets.size(), " targets do not fill (B, L) = (", B, ", ", L, ")");
@@ -190,7 +192,7 @@ public:
         std::vector<Index> full_targets(static_cast<std::size_t>(B * (Tv + L)), kIgnoreIndex);
         for (Index b = 0; b < B; ++b)
             std::copy_n(targets.begin() + b * L, L, full_targets.begin() + b * (Tv + L) + Tv);
-        return cross_entropy(logits, full_targets, kIgnoreIndex);            // ()
+        return cross_entropy(logits, full_targets, kIgnoreIndex, label_smoothing);  // ()
     }
 
     // Captions for every image in the batch (token ids without <bos>/<eos>), KV-cached.

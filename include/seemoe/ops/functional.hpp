@@ -176,12 +176,18 @@ Tensor<T> log_softmax(const Tensor<T>& a, Index axis = -1) {
 // F.cross_entropy: logits (..., V), one target class per row (row-major order of the leading
 // dims). Rows whose target equals ignore_index add nothing and are not counted; when every row
 // is ignored the loss is 0 (torch gives nan) and all gradients are 0.
+// label_smoothing = e in [0, 1) trains against (1 - e) one_hot(target) + e / V instead of the
+// one-hot target, as F.cross_entropy(label_smoothing=e): per counted row
+//   loss = logsumexp(x) - (1 - e) x[target] - e mean(x),
+//   d loss / d x = softmax(x) - (1 - e) one_hot(target) - e / V.
 template <typename T>
 Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<Index>& targets,
-                        Index ignore_index = kIgnoreIndex) {
+                        Index ignore_index = kIgnoreIndex, double label_smoothing = 0.0) {
     SEEMOE_CHECK(logits.dim() >= 1 && logits.size(-1) >= 1,
                  "[cross_entropy] logits need a non-empty class axis, got shape ",
                  shape_str(logits.shape()));
+    SEEMOE_CHECK(label_smoothing >= 0.0 && label_smoothing < 1.0,
+                 "[cross_entropy] label_smoothing must be in [0, 1), got ", label_smoothing);
     const Index V = logits.size(-1);
     const Index N = logits.numel() / V;
     SEEMOE_CHECK(static_cast<Index>(targets.size()) == N, "[cross_entropy] ", targets.size(),
@@ -195,8 +201,9 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<Index>& targe
                      " (classes 0..", V - 1, ", ignore_index ", ignore_index, ")");
         ++count;
     }
+    const T eps = static_cast<T>(label_smoothing);
 
-    // Per row: logsumexp (kept for backward) and loss = logsumexp - logit[target].
+    // Per row: logsumexp (kept for backward) and loss = logsumexp - (1-e) logit[target] - e mean.
     const T* x = logits.data();
     std::vector<T> row_logsumexp(static_cast<std::size_t>(N));  // (N)
     const detail::RowBlocks blocks = detail::row_blocks(N, V);
@@ -208,7 +215,9 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<Index>& targe
             const T row_max = xr.maxCoeff();
             const T lse = row_max + std::log((xr - row_max).exp().sum());
             row_logsumexp[r] = lse;
-            if (targets[r] != ignore_index) loss += static_cast<double>(lse - xr[targets[r]]);
+            if (targets[r] == ignore_index) continue;
+            loss += static_cast<double>(lse - xr[targets[r]]);
+            if (eps != T(0)) loss += static_cast<double>(eps * (xr[targets[r]] - xr.mean()));
         }
         block_loss[block] = loss;
     });
@@ -221,9 +230,10 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<Index>& targe
         detail::set_backward(out, [logits_node = detail::grad_target(logits),
                                    values = logits.storage(),
                                    row_logsumexp = std::move(row_logsumexp), targets, ignore_index,
-                                   V, N, count](Node<T>& self) {
+                                   V, N, count, eps](Node<T>& self) {
             if (!logits_node || count == 0) return;
-            // d loss / d logits = (softmax(row) - one_hot(target)) / count for counted rows.
+            // d loss / d logits = (softmax(row) - (1-e) one_hot(target) - e/V) / count for
+            // counted rows.
             const T scale = self.grad->data()[0] / static_cast<T>(count);
             const T* x = values->data();
             T* dx = logits_node->grad_data();
@@ -232,8 +242,9 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<Index>& targe
                     const Index t = targets[r];
                     if (t == ignore_index) continue;
                     VectorMap<T>(dx + r * V, V).array() +=
-                        scale * (ConstVectorMap<T>(x + r * V, V).array() - row_logsumexp[r]).exp();
-                    dx[r * V + t] -= scale;
+                        scale * ((ConstVectorMap<T>(x + r * V, V).array() - row_logsumexp[r]).exp() -
+                                 eps / static_cast<T>(V));
+                    dx[r * V + t] -= scale * (T(1) - eps);
                 }
             });
         });
