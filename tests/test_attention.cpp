@@ -245,7 +245,7 @@ TEST_CASE("causal mask is aligned to the end: cached queries see all earlier key
                     CHECK(cached.at({b, h, t, d}) == Approx(full.at({b, h, 3 + t, d})).epsilon(1e-13));
 }
 
-TEST_CASE("equal scores average the values; scale is 1/sqrt(head dim)", "[ops]") {
+TEST_CASE("equal scores average the values, scale is 1/sqrt(head dim)", "[ops]") {
     // Identical keys: every query weighs the values equally.
     const Tensord q = Tensord::from_vector({1, 1, 1, 2}, {0.3, -0.7});
     const Tensord k = Tensord::from_vector({1, 1, 2, 2}, {1, 2, 1, 2});

@@ -30,7 +30,7 @@ TEST_CASE("seemoe train, caption and eval run end to end on the tiny data", "[cl
     CHECK_THAT(train.out, Catch::Contains("val loss"));
     CHECK_THAT(train.out, Catch::Contains("final report"));
     CHECK(fs::exists(run_dir / "model.safetensors"));
-    CHECK(fs::exists(run_dir / "training_state.safetensors"));
+    CHECK(fs::exists(run_dir / "checkpoints"));
     CHECK_FALSE(fs::exists(run_dir / "model.safetensors.tmp"));
 
     // metrics.jsonl: one object per step, val figures at the eval step, then the final report.
@@ -239,7 +239,7 @@ TEST_CASE("seemoe train --text, generate and eval run end to end on a small text
     CHECK_THAT(train.out, Catch::Contains("final report"));
     CHECK_THAT(train.out, Catch::Contains("sample (seemoe generate"));
     CHECK(metadata_format(run_dir / "model.safetensors") == seemoe::nn::kTextModelFormat);
-    CHECK(fs::exists(run_dir / "training_state.safetensors"));
+    CHECK(fs::exists(run_dir / "checkpoints"));
 
     // metrics.jsonl: a row per step, val figures every 6 steps, then the final report.
     const std::vector<Json> rows = read_metrics(run_dir / "metrics.jsonl");
@@ -348,12 +348,12 @@ TEST_CASE("seemoe train --text and generate report bad input in one line, exit 2
     SECTION("a file shorter than one window in its val part") {
         const Run run = run_cli(dir, train_on(write("short.txt", std::string(200, 'a') + "\n")));
         check_error(run, "has 201 characters: its val part (21 characters) is shorter than one window of 33");
-        CHECK_THAT(run.err, Catch::Contains("smaller --block-size"));
+        CHECK_THAT(run.err, Catch::Contains("or a smaller block_size; --block-size sets block_size"));
     }
     SECTION("invalid UTF-8, named with its line") {
         const Run run = run_cli(dir, train_on(write("latin1.txt", "caf\xE9 au lait\n" + std::string(400, 'x'))));
         check_error(run, "is not valid UTF-8: byte 0xE9 at line 1, column 4 (byte 3)");
-        CHECK_THAT(run.err, Catch::Contains("iconv"));
+        CHECK_THAT(run.err, Catch::Contains("convert it, e.g. with iconv)\n"));  // the advice once, no hint after it
     }
     SECTION("presets and flags of the other kind of run") {
         check_error(run_cli(dir, "train --preset makemoe --out " + quote(out.string())), "needs --text FILE");

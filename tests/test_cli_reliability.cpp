@@ -7,8 +7,17 @@
 
 #ifdef SEEMOE_CLI_PATH
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <thread>
+
+#include <seemoe/io/checkpoint_folder.hpp>
 #include <seemoe/io/safetensors.hpp>
 #include <seemoe/nn/checkpoint.hpp>
 
@@ -31,6 +40,63 @@ void edit_metadata(const fs::path& path, const std::string& key, const std::stri
     value.replace(at, from.size(), to);
     seemoe::io::save_safetensors(path.string(), file.tensors, file.metadata);
 }
+
+// Starts `seemoe <args>` as a child process, stdout and stderr into out_file / err_file, with the
+// file-size limit `fsize` (bytes) when given. Returns its pid.
+pid_t spawn(const std::vector<std::string>& args, const fs::path& out_file, const fs::path& err_file,
+            rlim_t fsize = RLIM_INFINITY) {
+    std::vector<std::string> argv_strings = {SEEMOE_CLI_PATH};
+    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& a : argv_strings) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {  // the child: only async-signal-safe calls until exec
+        const int out = ::open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        const int err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ::dup2(out, 1);
+        ::dup2(err, 2);
+        if (fsize != RLIM_INFINITY) {
+            const struct rlimit limit = {fsize, fsize};
+            ::setrlimit(RLIMIT_FSIZE, &limit);
+        }
+        ::execv(argv[0], argv.data());
+        ::_exit(127);
+    }
+    return pid;
+}
+
+// Waits up to `ms` milliseconds for `pid`: its wait status, or -1 if it is still running.
+int wait_for(pid_t pid, double ms) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double, std::milli>(ms);
+    for (;;) {
+        int status = 0;
+        if (::waitpid(pid, &status, WNOHANG) == pid) return status;
+        if (std::chrono::steady_clock::now() >= deadline) return -1;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
+
+std::vector<std::string> tiny_args(const fs::path& out, Index steps, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"train", "--preset", "tiny", "--data", kTiny, "--out", out.string(), "--threads",
+                                     "1", "--steps", std::to_string(steps), "--save-every", "1", "--eval-every",
+                                     "1000"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+}
+
+// Every file under `dir` whose name ends in ".tmp".
+std::vector<std::string> temporaries(const fs::path& dir) {
+    std::vector<std::string> out;
+    for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+        const std::string name = entry.path().filename().string();
+        if (name.size() >= 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) out.push_back(entry.path().string());
+    }
+    return out;
+}
+
+std::string step_dir(Index step) { return seemoe::io::CheckpointFolder::step_name(step); }
 
 }  // namespace
 
@@ -144,9 +210,10 @@ TEST_CASE("cli: checkpoints with a bad config or training state are refused nami
         INFO(c.file << " " << c.key << ": " << c.to);
         fs::remove_all(dir / "copy");
         fs::copy(dir / "run", dir / "copy", fs::copy_options::recursive);
-        const fs::path path = dir / "copy" / c.file;
-        edit_metadata(path, c.key, c.from, c.to);
+        // The model through its stable name; the training state inside the step folder.
         const bool model_file = std::string(c.file) == "model.safetensors";
+        const fs::path path = model_file ? dir / "copy" / c.file : dir / "copy" / "checkpoints" / "step-00000002" / c.file;
+        edit_metadata(path, c.key, c.from, c.to);
         const Run run = model_file ? run_cli(dir, "caption --model " + quote((dir / "copy").string()) + " " + image)
                                    : run_cli(dir, "train --resume --out " + quote((dir / "copy").string()) + " --data " +
                                                       quote(kTiny));
@@ -155,7 +222,7 @@ TEST_CASE("cli: checkpoints with a bad config or training state are refused nami
     }
 }
 
-TEST_CASE("cli: non-finite gradients are skipped and counted; too many in a row stop the run", "[cli][reliability]") {
+TEST_CASE("cli: non-finite gradients are skipped and counted, too many in a row stop the run", "[cli][reliability]") {
     const fs::path dir = scratch("nan_guard");
     REQUIRE(run_cli(dir, train_tiny(dir / "clean")).code == 0);
     const Run run = run_cli(dir, train_tiny(dir / "nan"), "SEEMOE_INJECT_NAN=3,4");
@@ -184,6 +251,158 @@ TEST_CASE("cli: non-finite gradients are skipped and counted; too many in a row 
     INFO(resumed.err);
     CHECK(resumed.code == 0);
     CHECK(losses(dir / "stop" / "metrics.jsonl") == clean);
+}
+
+TEST_CASE("cli: a run killed at 20+ random moments resumes every time and ends byte-identical", "[cli][reliability]") {
+    const fs::path dir = scratch("kill");
+    const Index steps = 30;
+    // The uninterrupted run, timed to place the kills inside a run's lifetime.
+    const auto start = std::chrono::steady_clock::now();
+    const pid_t reference = spawn(tiny_args(dir / "full", steps), dir / "full.out", dir / "full.err");
+    const int reference_status = wait_for(reference, 600000);
+    const double run_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    INFO(read_text(dir / "full.err"));
+    REQUIRE((WIFEXITED(reference_status) && WEXITSTATUS(reference_status) == 0));
+
+    const fs::path out = dir / "killed";
+    seemoe::Rng rng(2024);
+    int kills = 0, restarts = 0, resumed = 0;
+    for (bool done = false; !done;) {
+        const bool has_checkpoint = !seemoe::io::CheckpointFolder(out).steps().empty();
+        std::vector<std::string> extra = {has_checkpoint ? "--resume" : "--force"};
+        // Kill moments uniform over one run's length; after 20 kills the run may finish.
+        const double delay = kills < 20 ? rng.uniform() * run_ms : 600000;
+        const pid_t pid = spawn(tiny_args(out, steps, extra), dir / "attempt.out", dir / "attempt.err");
+        ++restarts;
+        const int status = wait_for(pid, delay);
+        const std::string printed = read_text(dir / "attempt.out"), errors = read_text(dir / "attempt.err");
+        INFO("attempt " << restarts << " after " << kills << " kills\nstdout: " << printed << "\nstderr: " << errors);
+        if (status == -1) {
+            REQUIRE(::kill(pid, SIGKILL) == 0);
+            REQUIRE(::waitpid(pid, nullptr, 0) == pid);
+            ++kills;
+        } else {
+            REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+            done = kills >= 20;  // finished before enough kills: start over
+        }
+        CHECK(errors.empty());  // no restart was refused
+        if (has_checkpoint && !printed.empty()) {
+            CHECK_THAT(printed, Catch::Contains("resuming from step"));
+            ++resumed;
+        }
+        if (!done && status != -1) fs::remove_all(out);
+    }
+    CHECK(kills >= 20);
+    CHECK(resumed >= 1);
+    UNSCOPED_INFO(kills << " kills, " << restarts << " starts, " << resumed << " printed 'resuming'");
+    for (const std::string file : {"model.safetensors", "training_state.safetensors"})
+        CHECK(read_text(out / "checkpoints" / step_dir(steps) / file) ==
+              read_text(dir / "full" / "checkpoints" / step_dir(steps) / file));
+    CHECK(read_text(out / "model.safetensors") == read_text(dir / "full" / "model.safetensors"));
+    CHECK(losses(out / "metrics.jsonl") == losses(dir / "full" / "metrics.jsonl"));
+    CHECK(temporaries(out).empty());
+}
+
+TEST_CASE("cli: a checkpoint write over the file-size limit fails cleanly, the previous checkpoint resumes",
+          "[cli][reliability]") {
+    const fs::path dir = scratch("fsize");
+    const pid_t reference = spawn(tiny_args(dir / "full", 4), dir / "ref.out", dir / "ref.err");
+    REQUIRE(wait_for(reference, 600000) == 0);
+    const pid_t first = spawn(tiny_args(dir / "run", 4, {"--stop-at", "2"}), dir / "a.out", dir / "a.err");
+    REQUIRE(wait_for(first, 600000) == 0);
+
+    // 16 KiB: room for metrics.jsonl, not for a model file (the tiny model is larger).
+    REQUIRE(fs::file_size(dir / "run" / "model.safetensors") > 16384);
+    const pid_t limited = spawn(tiny_args(dir / "run", 4, {"--resume"}), dir / "b.out", dir / "b.err", 16384);
+    const int status = wait_for(limited, 600000);
+    const std::string err = read_text(dir / "b.err");
+    INFO(err);
+    REQUIRE(WIFEXITED(status));  // not killed by SIGXFSZ
+    CHECK(WEXITSTATUS(status) == 2);
+    CHECK_THAT(err, Catch::StartsWith("seemoe: error: ") && Catch::Contains("File too large") &&
+                        Catch::Contains("earlier checkpoints are untouched"));
+    CHECK(count_lines(err) == 1);
+    CHECK(temporaries(dir / "run").empty());
+    CHECK(seemoe::io::CheckpointFolder(dir / "run").steps().front().step == 2);
+
+    const pid_t resumed = spawn(tiny_args(dir / "run", 4, {"--resume"}), dir / "c.out", dir / "c.err");
+    REQUIRE(wait_for(resumed, 600000) == 0);
+    CHECK_THAT(read_text(dir / "c.out"), Catch::Contains("resuming from step 2"));
+    CHECK(read_text(dir / "run" / "model.safetensors") == read_text(dir / "full" / "model.safetensors"));
+}
+
+TEST_CASE("cli: --resume falls back past an unusable newest checkpoint, with none left it refuses naming the file",
+          "[cli][reliability]") {
+    const fs::path dir = scratch("fallback");
+    REQUIRE(run_cli(dir, train_tiny(dir / "full", "--save-every 1")).code == 0);
+    REQUIRE(run_cli(dir, train_tiny(dir / "run", "--save-every 1 --stop-at 5")).code == 0);
+    CHECK(seemoe::io::CheckpointFolder(dir / "run").steps().size() == 3);  // --keep-checkpoints 3
+    const fs::path newest = dir / "run" / "checkpoints" / step_dir(5) / "model.safetensors";
+    fs::resize_file(newest, fs::file_size(newest) / 2);
+    const Run run =
+        run_cli(dir, "train --resume --threads 1 --out " + quote((dir / "run").string()) + " --data " + quote(kTiny));
+    INFO(run.out << run.err);
+    REQUIRE(run.code == 0);
+    CHECK_THAT(run.out, Catch::Contains(step_dir(5) + " cannot be used") && Catch::Contains("truncated"));
+    CHECK_THAT(run.out, Catch::Contains("resuming from step 4"));
+    CHECK(read_text(dir / "run" / "model.safetensors") == read_text(dir / "full" / "model.safetensors"));
+
+    // One checkpoint only (--keep-checkpoints 1), damaged in five ways: each refused naming the file.
+    struct Damage {
+        const char* name;
+        const char* file;
+        void (*apply)(const fs::path& step_folder, const fs::path& file);
+        const char* expected;
+    };
+    const std::vector<Damage> damages = {
+        {"truncated model", "model.safetensors",
+         [](const fs::path&, const fs::path& f) { fs::resize_file(f, fs::file_size(f) - 100); }, "truncated"},
+        {"truncated state", "training_state.safetensors",
+         [](const fs::path&, const fs::path& f) { fs::resize_file(f, 40); }, "training_state.safetensors"},
+        {"missing state", "training_state.safetensors", [](const fs::path&, const fs::path& f) { fs::remove(f); },
+         "cannot open"},
+        {"garbage model", "model.safetensors",
+         [](const fs::path&, const fs::path& f) { std::ofstream(f, std::ios::trunc) << "garbage garbage garbage"; },
+         "safetensors"},
+        {"state a directory", "training_state.safetensors",
+         [](const fs::path&, const fs::path& f) {
+             fs::remove(f);
+             fs::create_directory(f);
+         },
+         "is a directory"},
+    };
+    for (const Damage& d : damages) {
+        INFO(d.name);
+        const fs::path run_dir = dir / "single";
+        fs::remove_all(run_dir);
+        REQUIRE(run_cli(dir, train_tiny(run_dir, "--save-every 1 --stop-at 2 --keep-checkpoints 1")).code == 0);
+        REQUIRE(seemoe::io::CheckpointFolder(run_dir).steps().size() == 1);
+        const fs::path folder = run_dir / "checkpoints" / step_dir(2);
+        d.apply(folder, folder / d.file);
+        const Run refused = run_cli(dir, "train --resume --out " + quote(run_dir.string()) + " --data " + quote(kTiny),
+                                    kTimeout);
+        check_error(refused, d.expected);
+        CHECK_THAT(refused.err, Catch::Contains((folder / d.file).string()));
+    }
+}
+
+TEST_CASE("cli: a run saved in the side-by-side layout of before still resumes", "[cli][reliability]") {
+    const fs::path dir = scratch("old_layout");
+    REQUIRE(run_cli(dir, train_tiny(dir / "full")).code == 0);
+    REQUIRE(run_cli(dir, train_tiny(dir / "run", "--stop-at 3")).code == 0);
+    // Rebuild the layout of a run saved before checkpoint folders: the two files side by side.
+    const fs::path folder = dir / "run" / "checkpoints" / step_dir(3);
+    fs::remove(dir / "run" / "model.safetensors");
+    fs::copy_file(folder / "model.safetensors", dir / "run" / "model.safetensors");
+    fs::copy_file(folder / "training_state.safetensors", dir / "run" / "training_state.safetensors");
+    fs::remove_all(dir / "run" / "checkpoints");
+    const Run run =
+        run_cli(dir, "train --resume --threads 1 --out " + quote((dir / "run").string()) + " --data " + quote(kTiny));
+    INFO(run.out << run.err);
+    REQUIRE(run.code == 0);
+    CHECK_THAT(run.out, Catch::Contains("resuming from step 3"));
+    CHECK(losses(dir / "run" / "metrics.jsonl") == losses(dir / "full" / "metrics.jsonl"));
+    CHECK_FALSE(fs::exists(dir / "run" / "training_state.safetensors"));  // replaced by the folders
 }
 
 #endif  // SEEMOE_CLI_PATH

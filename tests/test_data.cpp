@@ -593,7 +593,7 @@ TEST_CASE("batcher: ids are <bos>+caption, targets the same shifted left with <e
     CHECK_THROWS_WITH(Batcher(empty, tok), Catch::Contains("[Batcher] the data set is empty"));
 }
 
-TEST_CASE("batcher: the same seed gives the same order; every epoch covers every sample once", "[data]") {
+TEST_CASE("batcher: the same seed gives the same order, every epoch covers every sample once", "[data]") {
     const CaptionDataset data = five_samples();
     const CharTokenizer tok = CharTokenizer::from_texts(data.captions());
     BatcherOptions options;

@@ -178,7 +178,7 @@ Tensord dense_moe_reference(const nn::SparseMoE<double>& moe, const Tensord& x, 
 }
 }  // namespace
 
-TEST_CASE("SparseMoE equals the dense reference; gates are sparse and sum to 1", "[nn][moe]") {
+TEST_CASE("SparseMoE equals the dense reference, gates are sparse and sum to 1", "[nn][moe]") {
     Rng rng(5);
     nn::SparseMoE<double> moe(6, 4, 2, 12, 0.0, rng);
     auto x = grad_input({2, 5, 6}, rng);

@@ -184,7 +184,7 @@ TEST_CASE("Adam and AdamW defaults are torch's", "[optim]") {
     CHECK_FALSE(sgd.nesterov);
 }
 
-TEST_CASE("Adam skips a parameter without a gradient; zero_grad, lr and step count", "[optim]") {
+TEST_CASE("Adam skips a parameter without a gradient, zero_grad, lr and step count", "[optim]") {
     Tensord a = param<double>({2}, {1.0, 2.0});
     Tensord frozen = param<double>({3}, {3.0, 4.0, 5.0});
     AdamW<double> opt({a, frozen}, AdamWOptions{0.1, 0.9, 0.999, 1e-8, 0.5});

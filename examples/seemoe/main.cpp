@@ -58,7 +58,11 @@ const char* kUsage =
 
 int report(const std::string& message, const std::string& hint) {
     std::fflush(stdout);
-    std::fprintf(stderr, "seemoe: error: %s; %s\n", cli::one_line(message).c_str(), hint.c_str());
+    // A library message that already says what to do comes with an empty hint.
+    if (hint.empty())
+        std::fprintf(stderr, "seemoe: error: %s\n", cli::one_line(message).c_str());
+    else
+        std::fprintf(stderr, "seemoe: error: %s; %s\n", cli::one_line(message).c_str(), hint.c_str());
     return 2;
 }
 

@@ -38,8 +38,9 @@ inline std::string text_hint(const std::string& message) {
     if (has("does not exist") || has("not a regular file") || has("cannot open"))
         return "pass --text FILE, a UTF-8 text file (e.g. tinyshakespeare.txt; see README 'Text only')";
     if (has("is empty")) return "pass a text file with some text in it";
-    if (has("UTF-8")) return "convert the file to UTF-8 (iconv -f LATIN1 -t UTF-8 in > out), or pass another file";
-    if (has("shorter than one window")) return "use a longer text, or a smaller --block-size";
+    // These messages already say what to do (convert with iconv; a longer text or a smaller block_size).
+    if (has("UTF-8")) return "";
+    if (has("shorter than one window")) return "--block-size sets block_size";
     if (has("vocabulary"))
         return "the model knows only the characters of the text it was trained on: evaluate it on text "
                "written with those, or train a model on this file";

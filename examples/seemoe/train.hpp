@@ -209,6 +209,7 @@ inline std::vector<FlagSpec> run_flags() {
         {"--resume", nullptr, "continue the run in --out (its settings; flags given here override them)"},
         {"--force", nullptr, "start afresh even if --out already holds a run (its files are replaced)"},
         {"--stop-at", "N", "end this run after step N with a checkpoint; finish later with --resume"},
+        {"--keep-checkpoints", "N", "keep the newest N checkpoints in --out/checkpoints (default 3)"},
         {"--max-bad-steps", "N",
          "stop after N steps in a row with a non-finite loss or gradient (each is skipped; default 5)"},
         {"--allow-outside-paths", nullptr,
@@ -258,18 +259,27 @@ inline std::string train_usage() {
            "measured; then a final line with the val and test figures).\n";
 }
 
+// The files of a run in --out: checkpoints/step-N/{model,training_state}.safetensors, each
+// committed by one rename (io/checkpoint_folder.hpp), the newest `keep` kept; model.safetensors,
+// a hard link to the newest model; metrics.jsonl. A run saved before the checkpoint folders
+// existed has model.safetensors and training_state.safetensors side by side (`state`): it still
+// resumes, and its first new checkpoint replaces that layout.
 struct RunFiles {
     fs::path out, model, state, metrics;
-    explicit RunFiles(const fs::path& dir)
+    seemoe::io::CheckpointFolder checkpoints;
+    Index keep = 3;
+    explicit RunFiles(const fs::path& dir, Index keep_checkpoints = 3)
         : out(dir), model(dir / "model.safetensors"), state(dir / "training_state.safetensors"),
-          metrics(dir / "metrics.jsonl") {}
+          metrics(dir / "metrics.jsonl"), checkpoints(dir), keep(keep_checkpoints) {}
 };
 
-// model.safetensors (weights, config, vocabulary, step) and training_state.safetensors (AdamW
-// moments, step, Rng, the settings), both written atomically by the library.
-inline void save_checkpoint(const RunFiles& files, Model& model, const seemoe::AdamW<float>& optimizer, Index step,
-                            const Rng& rng, const CharTokenizer& tokenizer, const TrainSettings& settings) {
-    const std::string hint = "check that --out is writable and the disk has space";
+// Commits the checkpoint of `step`: write_model(path) writes the model file, then the training
+// state (AdamW moments, step, Rng, the settings) goes beside it, both in one step folder made
+// visible by one rename. A failed write leaves the earlier checkpoints untouched and no temporary
+// files; the error says why (errno's text: "No space left on device", "File too large").
+template <typename ModelType, typename WriteModel>
+void commit_checkpoint(const RunFiles& files, ModelType& model, const seemoe::AdamW<float>& optimizer, Index step,
+                       const Rng& rng, const TrainSettings& settings, WriteModel&& write_model) {
     // The numerical guard skips non-finite steps, so this cannot fire; checked all the same,
     // because a NaN in a checkpoint would poison every run resumed from it.
     for (const auto& [name, p] : model.named_parameters())
@@ -278,14 +288,25 @@ inline void save_checkpoint(const RunFiles& files, Model& model, const seemoe::A
                 throw CliError("parameter " + name + " is not finite at step " + std::to_string(step) +
                                    "; no checkpoint written",
                                "resume from the last checkpoint with a lower --lr");
-    // Model first: a crash between the two writes leaves a newer model than state, which resume
-    // detects by comparing their steps.
-    with_hint(hint, [&] {
-        seemoe::nn::save_model(files.model.string(), model, tokenizer, step, {{"preset", settings.preset}});
+    with_hint("check that --out is writable and the disk has space (earlier checkpoints are untouched)", [&] {
+        files.checkpoints.commit(
+            step,
+            [&](const fs::path& dir) {
+                write_model((dir / "model.safetensors").string());
+                seemoe::nn::save_training_state((dir / "training_state.safetensors").string(), model, optimizer, step,
+                                                rng, {{"train", settings_to_json(settings).dump()}});
+            },
+            files.keep);
     });
-    with_hint(hint, [&] {
-        seemoe::nn::save_training_state(files.state.string(), model, optimizer, step, rng,
-                                        {{"train", settings_to_json(settings).dump()}});
+    std::error_code ec;
+    fs::remove(files.state, ec);  // the old side-by-side layout's state, now stale
+}
+
+// A checkpoint of an image run (see commit_checkpoint).
+inline void save_checkpoint(const RunFiles& files, Model& model, const seemoe::AdamW<float>& optimizer, Index step,
+                            const Rng& rng, const CharTokenizer& tokenizer, const TrainSettings& settings) {
+    commit_checkpoint(files, model, optimizer, step, rng, settings, [&](const std::string& path) {
+        seemoe::nn::save_model(path, model, tokenizer, step, {{"preset", settings.preset}});
     });
 }
 
@@ -363,7 +384,8 @@ inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& 
     if (fs::exists(files.out, ec) && !fs::is_directory(files.out, ec))
         throw CliError("--out " + files.out.string() + " is a file", "choose a folder for --out");
     if (!args.flag("--force") &&
-        (fs::exists(files.model, ec) || fs::exists(files.state, ec) || fs::exists(files.metrics, ec)))
+        (fs::exists(files.model, ec) || fs::exists(files.state, ec) || fs::exists(files.metrics, ec) ||
+         fs::exists(files.checkpoints.dir(), ec)))
         throw CliError("--out " + files.out.string() + " already holds a training run",
                        "pass --resume to continue it, --force to replace it, or choose another --out");
     RunState run;
@@ -381,21 +403,16 @@ inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& 
     return run;
 }
 
-// Model, optimiser, Rng, step and settings from the checkpoint in --out, read by
-// load_checkpoint(path) (load_checkpoint or load_text_checkpoint); flags override settings.
+// Model, optimiser, Rng, step and settings from one checkpoint (model_path and state_path), read
+// by load_checkpoint(path) (load_checkpoint or load_text_checkpoint); flags override settings.
 template <typename ModelType, typename LoadCheckpoint>
-BasicRunState<ModelType> restore_checkpoint(const Args& args, const RunFiles& files, LoadCheckpoint&& load_checkpoint) {
-    const std::string hint = "resume needs model.safetensors and training_state.safetensors from an earlier "
-                             "'seemoe train --out " +
-                             files.out.string() + "'; start without --resume to train afresh";
-    std::error_code ec;
-    if (!fs::exists(files.model, ec) || !fs::exists(files.state, ec))
-        throw CliError("no checkpoint to resume in " + files.out.string(), hint);
+BasicRunState<ModelType> restore_pair(const Args& args, const fs::path& model_path, const fs::path& state_path,
+                                      const std::string& hint, LoadCheckpoint&& load_checkpoint) {
     BasicRunState<ModelType> run;
     run.resumed = true;
-    decltype(load_checkpoint(files.model.string())) ck;
+    decltype(load_checkpoint(model_path.string())) ck;
     try {
-        ck = load_checkpoint(files.model.string());
+        ck = load_checkpoint(model_path.string());
     } catch (const CliError& e) {
         throw CliError(e.what(), hint);
     }
@@ -403,22 +420,55 @@ BasicRunState<ModelType> restore_checkpoint(const Args& args, const RunFiles& fi
     run.tokenizer = ck.tokenizer;
     run.optimizer = std::make_unique<seemoe::AdamW<float>>(run.model.parameters());
     run.start_step = with_hint(hint, [&] {
-        return seemoe::nn::load_training_state(files.state.string(), run.model, *run.optimizer, run.rng);
+        return seemoe::nn::load_training_state(state_path.string(), run.model, *run.optimizer, run.rng);
     });
     if (run.start_step != ck.step)
-        throw CliError(format("%s is from step %lld but %s from step %lld (interrupted while saving?)",
-                              files.model.string().c_str(), static_cast<long long>(ck.step),
-                              files.state.string().c_str(), static_cast<long long>(run.start_step)),
+        throw CliError(format("%s is from step %lld but %s from step %lld (written by a seemoe before checkpoint "
+                              "folders, interrupted while saving)",
+                              model_path.string().c_str(), static_cast<long long>(ck.step),
+                              state_path.string().c_str(), static_cast<long long>(run.start_step)),
                        "start afresh with --force");
-    const auto stored = with_hint(hint, [&] { return seemoe::io::load_safetensors<float>(files.state.string()).metadata; });
+    const auto stored = with_hint(hint, [&] { return seemoe::io::load_safetensors<float>(state_path.string()).metadata; });
     const auto train_json = stored.find("train");
-    if (train_json == stored.end()) throw CliError(files.state.string() + " lacks the run's settings", hint);
+    if (train_json == stored.end()) throw CliError(state_path.string() + " lacks the run's settings", hint);
     run.settings = with_hint(hint, [&] {
-        return seemoe::nn::parse_metadata(files.state.string(), "metadata 'train'",
+        return seemoe::nn::parse_metadata(state_path.string(), "metadata 'train'",
                                           [&] { return settings_from_json(Json::parse(train_json->second)); });
     });
     apply_setting_flags(args, run.settings);
     return run;
+}
+
+// The run in --out at its newest usable checkpoint: the step folders newest first, falling back
+// to an older one (with a line saying why) when one does not load; or the side-by-side files of a
+// run saved before checkpoint folders existed.
+template <typename ModelType, typename LoadCheckpoint>
+BasicRunState<ModelType> restore_checkpoint(const Args& args, const RunFiles& files, LoadCheckpoint&& load_checkpoint) {
+    const std::string hint = "resume needs a checkpoint from an earlier 'seemoe train --out " + files.out.string() +
+                             "'; start without --resume to train afresh";
+    const auto steps = files.checkpoints.steps();
+    if (steps.empty()) {
+        std::error_code ec;
+        if (!fs::exists(files.model, ec) || !fs::exists(files.state, ec))
+            throw CliError("no checkpoint to resume in " + files.out.string(), hint);
+        return restore_pair<ModelType>(args, files.model, files.state, hint, load_checkpoint);
+    }
+    for (std::size_t i = 0; i < steps.size(); ++i) {
+        const fs::path model = steps[i].dir / "model.safetensors", state = steps[i].dir / "training_state.safetensors";
+        try {
+            BasicRunState<ModelType> run = restore_pair<ModelType>(args, model, state, hint, load_checkpoint);
+            if (run.start_step != steps[i].step)
+                throw CliError(format("%s holds step %lld", steps[i].dir.string().c_str(),
+                                      static_cast<long long>(run.start_step)),
+                               hint);
+            return run;
+        } catch (const CliError& e) {
+            if (i + 1 == steps.size()) throw;  // nothing older to fall back on: the newest reason is in it
+            std::printf("checkpoint %s cannot be used (%s); trying %s\n", steps[i].dir.string().c_str(),
+                        one_line(e.what()).c_str(), steps[i + 1].dir.filename().string().c_str());
+        }
+    }
+    throw CliError("no usable checkpoint in " + files.out.string(), hint);  // not reached
 }
 
 inline RunState restore_run(const Args& args, const RunFiles& files) {
@@ -704,8 +754,13 @@ void prepare_out(const RunFiles& files, const Run& run) {
     fs::create_directories(files.out);
     if (run.resumed) {
         truncate_metrics(files.metrics, run.start_step);
+        // What a killed run left half written, and checkpoints after the one resumed (it fell
+        // back past them): this run writes them again.
+        files.checkpoints.remove_temporaries();
+        files.checkpoints.remove_after(run.start_step);
     } else {
-        fs::remove(files.model, ec);  // --force: no stale checkpoint may outlive the new metrics
+        files.checkpoints.clear();  // --force: no stale checkpoint may outlive the new metrics
+        fs::remove(files.model, ec);
         fs::remove(files.state, ec);
         with_hint("check that --out is writable and the disk has space",
                   [&] { seemoe::io::write_file_atomic(files.metrics.string(), ""); });
@@ -734,7 +789,7 @@ inline int run_train(int argc, char** argv, Team& team) {
         throw CliError("unexpected argument '" + args.positionals().front() + "'", "run 'seemoe train --help' for usage");
     Stopwatch wall;
     const Preset preset = make_preset(args.get_choice("--preset", args.has("--text") ? "makemoe" : "demo", preset_names()));
-    const RunFiles files(args.get("--out", "runs/" + preset.name));
+    const RunFiles files(args.get("--out", "runs/" + preset.name), args.get_int("--keep-checkpoints", 3, 1));
     const Index stop_at = args.get_int("--stop-at", 0, 1);
     const Index max_bad_steps = args.get_int("--max-bad-steps", 5, 1);
     if (args.flag("--resume") && args.flag("--force"))

@@ -45,14 +45,8 @@ inline TextRunState restore_text_run(const Args& args, const RunFiles& files) {
 inline void save_text_checkpoint(const RunFiles& files, TextModel& model, const seemoe::AdamW<float>& optimizer,
                                  Index step, const Rng& rng, const CharTokenizer& tokenizer,
                                  const TrainSettings& settings) {
-    const std::string hint = "check that --out is writable and the disk has space";
-    with_hint(hint, [&] {
-        seemoe::nn::save_text_model(files.model.string(), model, tokenizer, step,
-                                    {{"preset", settings.preset}, {"text", settings.text}});
-    });
-    with_hint(hint, [&] {
-        seemoe::nn::save_training_state(files.state.string(), model, optimizer, step, rng,
-                                        {{"train", settings_to_json(settings).dump()}});
+    commit_checkpoint(files, model, optimizer, step, rng, settings, [&](const std::string& path) {
+        seemoe::nn::save_text_model(path, model, tokenizer, step, {{"preset", settings.preset}, {"text", settings.text}});
     });
 }
 

@@ -37,6 +37,7 @@
 
 // io: file formats only: whole files and atomic writes, JSON, safetensors
 #include "io/file.hpp"
+#include "io/checkpoint_folder.hpp"
 #include "io/json.hpp"
 #include "io/safetensors.hpp"
 

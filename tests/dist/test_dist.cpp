@@ -17,6 +17,7 @@
 #include <cstring>
 #include <seemoe/dist/communicator.hpp>
 #include <seemoe/dist/data_parallel.hpp>
+#include <seemoe/dist/expert_parallel.hpp>
 #include <seemoe/seemoe.hpp>
 #include <string>
 #include <vector>
@@ -336,6 +337,76 @@ TEST_CASE("Data parallel equals one process with the global batch (float, 5 Adam
 
 TEST_CASE("Data parallel equals one process with the global batch (double, 5 AdamW steps)", "[dist]") {
     check_data_parallel_equals_one_process<double>(1e-12);
+}
+
+// Expert parallel: a SparseMoE layer (4 experts, top 2) whose experts are split over the ranks,
+// trained 5 AdamW steps on each rank's slice of 7 tokens, against one process running the same
+// layer (the fused single-process op) on all 7 tokens. Loss: sum over tokens of out . w.
+template <typename T>
+void check_expert_parallel_equals_one_process(double tolerance) {
+    const dist::Communicator& comm = world();
+    const Index C = 8, N = 7, E = 4, steps = 5;
+    Rng data_rng(11);
+    std::vector<Tensor<T>> xs, ws;
+    for (Index s = 0; s < steps; ++s) {
+        xs.push_back(Tensor<T>::randn({N, C}, data_rng));  // (N, C)
+        ws.push_back(Tensor<T>::randn({N, C}, data_rng));  // (N, C)
+    }
+    auto make_layer = [&] {
+        Rng rng(3);
+        seemoe::nn::SparseMoE<T> moe(C, E, 2, 4 * C, T(0), rng);
+        moe.eval();  // no router noise: the routing is a function of the tokens
+        return moe;
+    };
+    auto rows = [](const Tensor<T>& t, Index begin, Index end) {  // (end - begin, C)
+        const Index C = t.size(1);
+        return Tensor<T>::from_vector({end - begin, C}, std::vector<T>(t.data() + begin * C, t.data() + end * C));
+    };
+
+    // One process, all tokens.
+    seemoe::nn::SparseMoE<T> alone = make_layer();
+    seemoe::AdamW<T> alone_opt(alone.parameters(), {1e-3, 0.9, 0.999, 1e-8, 1e-2});
+    std::vector<std::vector<Index>> routed(steps, std::vector<Index>(E, 0));  // tokens per expert
+    Rng unused(0);
+    for (Index s = 0; s < steps; ++s) {
+        alone_opt.zero_grad();
+        for (Index e : alone.router.forward(xs[s], unused).experts) ++routed[s][e];
+        seemoe::sum(seemoe::mul(alone.forward(xs[s], unused), ws[s])).backward();
+        alone_opt.step();
+    }
+
+    // Expert parallel over the ranks, each with its slice of the tokens.
+    seemoe::nn::SparseMoE<T> layer = make_layer();
+    seemoe::AdamW<T> opt(layer.parameters(), {1e-3, 0.9, 0.999, 1e-8, 1e-2});
+    dist::GradientReducer<T> reducer(layer.parameters(), comm);
+    const dist::Shard shard = dist::batch_shard(N, comm.rank(), comm.size());
+    const Index El = E / comm.size();
+    for (Index s = 0; s < steps; ++s) {
+        opt.zero_grad();
+        dist::ExpertParallelStats stats;
+        Tensor<T> out = dist::sparse_moe_expert_parallel(layer, rows(xs[s], shard.begin, shard.end), unused, comm,
+                                                         &stats);  // (n, C)
+        // Every expert received exactly the tokens the single-process routing sends it.
+        for (Index l = 0; l < El; ++l) {
+            INFO("step " << s << ", expert " << comm.rank() * El + l);
+            CHECK(stats.rows_per_local_expert[l] == routed[s][comm.rank() * El + l]);
+        }
+        seemoe::sum(seemoe::mul(out, rows(ws[s], shard.begin, shard.end))).backward();
+        reducer.reduce(T(1));  // the loss is a sum over tokens: the ranks' gradients add up
+        opt.step();
+    }
+    const double diff = max_relative_difference(layer.parameters(), alone.parameters());
+    INFO("rank " << comm.rank() << ": max relative parameter difference " << diff);
+    CHECK(diff <= tolerance);
+    CHECK(max_relative_difference(layer.parameters(), make_layer().parameters()) > 1e3 * tolerance);
+}
+
+TEST_CASE("Expert parallel equals one process, every expert gets its tokens (float, 5 AdamW steps)", "[dist]") {
+    check_expert_parallel_equals_one_process<float>(1e-5);
+}
+
+TEST_CASE("Expert parallel equals one process, every expert gets its tokens (double, 5 AdamW steps)", "[dist]") {
+    check_expert_parallel_equals_one_process<double>(1e-12);
 }
 
 // The bad-input scenario: rank 1's batch has targets that do not fill (B, L). Every rank must end
