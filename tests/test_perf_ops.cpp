@@ -275,12 +275,12 @@ Tensorf to_float(const Tensord& t) {
 TEST_CASE("moe_experts' inference path (a few tokens, no graph) equals the composed graph", "[ops][moe][perf]") {
     ThreadCountGuard guard;
     Rng rng(24);
-    // Small experts (serial) and experts big enough to split their halves over two threads; an
-    // odd hidden width gives halves of different sizes.
+    // Small experts (serial) and experts big enough to split their hidden units over the threads;
+    // an odd hidden width gives parts of different sizes.
     struct Size {
         Index C, Hd;
     };
-    for (Size size : {Size{5, 7}, Size{4, 1}, Size{64, 513}})
+    for (Size size : {Size{5, 7}, Size{4, 1}, Size{64, 513}, Size{32, 256}})
         for (Index N : {1, 3, 8})
             for (bool with_bias : {true, false}) {
                 const Index C = size.C, Hd = size.Hd, K = 2, E = 4;
@@ -292,7 +292,7 @@ TEST_CASE("moe_experts' inference path (a few tokens, no graph) equals the compo
                 Rng r(5);
                 const Tensord composed = composed_moe(x, gates, experts, w, 0.4, false, r);
                 std::vector<std::vector<double>> by_threads;
-                for (int threads : {1, 2}) {
+                for (int threads : {1, 2, 3}) {
                     set_num_threads(threads);
                     Rng unused(6);
                     Tensord out = moe_experts(x, gates, experts, w.w1, w.b1, w.w2, w.b2, 0.4, false, unused);
@@ -302,7 +302,8 @@ TEST_CASE("moe_experts' inference path (a few tokens, no graph) equals the compo
                     by_threads.push_back(out.to_vector());
                 }
                 INFO("C " << C << " Hd " << Hd << " N " << N << " bias " << with_bias);
-                CHECK(by_threads[0] == by_threads[1]);  // bit-identical on 1 and 2 threads
+                CHECK(by_threads[0] == by_threads[1]);  // bit-identical on 1, 2 and 3 threads
+                CHECK(by_threads[0] == by_threads[2]);
                 const std::vector<double> expected = composed.to_vector();
                 REQUIRE(by_threads[0].size() == expected.size());
                 for (std::size_t i = 0; i < expected.size(); ++i)
@@ -317,7 +318,7 @@ TEST_CASE("moe_experts' inference path (a few tokens, no graph) equals the compo
                     b2.push_back(with_bias ? to_float(w.b2[e]) : Tensorf());
                 }
                 std::vector<std::vector<float>> float_by_threads;
-                for (int threads : {1, 2}) {
+                for (int threads : {1, 2, 3}) {
                     set_num_threads(threads);
                     Rng unused(6);
                     const Tensorf out = moe_experts(to_float(x), to_float(gates), experts, w1, b1, w2, b2, 0.4f,
@@ -325,6 +326,7 @@ TEST_CASE("moe_experts' inference path (a few tokens, no graph) equals the compo
                     float_by_threads.push_back(out.to_vector());
                 }
                 CHECK(float_by_threads[0] == float_by_threads[1]);
+                CHECK(float_by_threads[0] == float_by_threads[2]);
                 for (std::size_t i = 0; i < expected.size(); ++i)
                     CHECK(float_by_threads[0][i] == Approx(expected[i]).epsilon(1e-4).margin(1e-4));
             }

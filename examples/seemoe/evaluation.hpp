@@ -187,13 +187,16 @@ inline double mean_loss(Model& model, const Batcher& batcher, const std::vector<
     Index tokens = 0;
     for (const auto& group : equal_length_batches(batcher.dataset(), batcher.tokenizer(), samples, batch_size)) {
         seemoe::data::Batch batch = batcher.make_batch(group);
-        const float loss = model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, unused).item();
+        seemoe::nn::MoETrace<float> trace;
+        const float loss =
+            model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, unused, routing ? &trace : nullptr)
+                .item();
         const Index n = batch.batch_size * batch.seq_len;  // every target is real: no padding
         total += static_cast<double>(loss) * static_cast<double>(n);
         tokens += n;
         if (routing)
-            for (std::size_t l = 0; l < model.decoder.blocks.size(); ++l) {
-                const auto& counts = model.decoder.blocks[l].moe.last_tokens_per_expert;
+            for (std::size_t l = 0; l < trace.layers.size(); ++l) {
+                const auto& counts = trace.layers[l].tokens_per_expert;
                 for (std::size_t e = 0; e < counts.size(); ++e) (*routing)[l][e] += counts[e];
             }
     }

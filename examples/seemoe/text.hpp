@@ -113,12 +113,15 @@ inline double text_loss(TextModel& model, const std::vector<TextBatch>& batches,
         Index n = 0;  // targets that count (the rest are kIgnoreIndex)
         for (Index t : batch.targets) n += t != seemoe::kIgnoreIndex ? 1 : 0;
         if (n == 0) continue;
-        const float loss = model.loss(batch.inputs, batch.targets, batch.batch_size, batch.seq_len, unused).item();
+        seemoe::nn::MoETrace<float> trace;
+        const float loss =
+            model.loss(batch.inputs, batch.targets, batch.batch_size, batch.seq_len, unused, routing ? &trace : nullptr)
+                .item();
         total += static_cast<double>(loss) * static_cast<double>(n);
         scored += n;
         if (routing)
-            for (std::size_t l = 0; l < model.blocks.size(); ++l) {
-                const auto& counts = model.blocks[l].moe.last_tokens_per_expert;
+            for (std::size_t l = 0; l < trace.layers.size(); ++l) {
+                const auto& counts = trace.layers[l].tokens_per_expert;
                 for (std::size_t e = 0; e < counts.size(); ++e) (*routing)[l][e] += counts[e];
             }
     }

@@ -129,16 +129,21 @@ public:
           ln2(c.n_embd),
           moe(c.n_embd, c.num_experts, c.top_k, c.expert_ratio * c.n_embd, static_cast<T>(c.dropout), rng) {}
 
-    Tensor<T> forward(const Tensor<T>& x, Rng& rng) const {                  // (B, T, C)
+    // trace, when given, receives this layer's routing statistics.
+    Tensor<T> forward(const Tensor<T>& x, Rng& rng, MoETrace<T>* trace = nullptr) const {  // (B, T, C)
         Tensor<T> h = add(x, attn.forward(ln1.forward(x), rng));             // (B, T, C)
-        return add(h, moe.forward(ln2.forward(h), rng));                     // (B, T, C)
+        MoEOutput<T> m = moe.forward_with_stats(ln2.forward(h), rng);        // (B, T, C)
+        if (trace) trace->layers.push_back(std::move(m.stats));
+        return add(h, m.out);                                                // (B, T, C)
     }
 
     // Inference: x holds only the new positions (B, Tn, C).
     Tensor<T> forward_cached(const Tensor<T>& x, KVCache<T>& cache) const {
         Rng unused(0);  // eval mode: no dropout, no router noise, so nothing is drawn
         Tensor<T> h = add(x, attn.forward_cached(ln1.forward(x), cache));    // (B, Tn, C)
-        return add(h, moe.forward(ln2.forward(h), unused));                  // (B, Tn, C)
+        MoERequest dropless;  // generation never drops a token, whatever the layer's capacity
+        dropless.dropless = true;
+        return add(h, moe.forward_with_stats(ln2.forward(h), unused, dropless).out);  // (B, Tn, C)
     }
 
     LayerNorm<T> ln1;
@@ -178,22 +183,23 @@ public:
         return c;
     }
 
-    // ids (B, T) row-major, optional prefix (B, Tp, C) -> logits (B, Tp+T, V).
+    // ids (B, T) row-major, optional prefix (B, Tp, C) -> logits (B, Tp+T, V). trace, when given,
+    // receives every MoE layer's routing statistics.
     Tensor<T> forward(const std::vector<Index>& ids, Index B, Index T_text, Rng& rng,
-                      const Tensor<T>& prefix = Tensor<T>()) const {
+                      const Tensor<T>& prefix = Tensor<T>(), MoETrace<T>* trace = nullptr) const {
         Tensor<T> x = embed(ids, B, T_text, prefix);                         // (B, L, C)
         x = add(x, slice(position_embedding.weight, 0, 0, x.size(1)));       // (B, L, C)
-        for (const auto& block : blocks) x = block.forward(x, rng);          // (B, L, C)
+        for (const auto& block : blocks) x = block.forward(x, rng, trace);   // (B, L, C)
         return lm_head.forward(ln_f.forward(x));                             // (B, L, V)
     }
 
     // Text alone: mean cross-entropy of ids (B, T) against targets (B, T) (kIgnoreIndex skips a
     // position), the training loss of a character language model.
     Tensor<T> loss(const std::vector<Index>& ids, const std::vector<Index>& targets, Index B, Index T_text,
-                   Rng& rng) const {
+                   Rng& rng, MoETrace<T>* trace = nullptr) const {
         SEEMOE_CHECK(static_cast<Index>(targets.size()) == B * T_text, "[MoEDecoderLanguageModel] ",
                      targets.size(), " targets do not fill (B, T) = (", B, ", ", T_text, ")");
-        return cross_entropy(forward(ids, B, T_text, rng), targets);         // ()
+        return cross_entropy(forward(ids, B, T_text, rng, Tensor<T>(), trace), targets);  // ()
     }
 
     // Inference with KV caches (one per block, reset by the caller): x (B, Tn, C) are the

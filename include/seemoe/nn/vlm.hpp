@@ -165,20 +165,22 @@ public:
         return projector.forward(features, rng);                             // (B, Tv, C)
     }
 
-    // logits (B, Tv+L, V) for input ids (B, L)
-    Tensor<T> forward(const Tensor<T>& images, const std::vector<Index>& input_ids, Index L, Rng& rng) const {
+    // logits (B, Tv+L, V) for input ids (B, L); trace, when given, receives every MoE layer's
+    // routing statistics.
+    Tensor<T> forward(const Tensor<T>& images, const std::vector<Index>& input_ids, Index L, Rng& rng,
+                      MoETrace<T>* trace = nullptr) const {
         const Index B = images.size(0);
         Tensor<T> visual = encode_images(images, rng);                       // (B, Tv, C)
-        return decoder.forward(input_ids, B, L, rng, visual);                // (B, Tv+L, V)
+        return decoder.forward(input_ids, B, L, rng, visual, trace);         // (B, Tv+L, V)
     }
 
     // Mean cross-entropy over the caption targets (B, L); kIgnoreIndex (-100) marks padding.
     Tensor<T> loss(const Tensor<T>& images, const std::vector<Index>& input_ids,
-                   const std::vector<Index>& targets, Index L, Rng& rng) const {
+                   const std::vector<Index>& targets, Index L, Rng& rng, MoETrace<T>* trace = nullptr) const {
         const Index B = images.size(0), Tv = num_visual_tokens();
         SEEMOE_CHECK(static_cast<Index>(targets.size()) == B * L, "[VisionMoELanguageModel] ",
                      targets.size(), " targets do not fill (B, L) = (", B, ", ", L, ")");
-        Tensor<T> logits = forward(images, input_ids, L, rng);               // (B, Tv+L, V)
+        Tensor<T> logits = forward(images, input_ids, L, rng, trace);        // (B, Tv+L, V)
         std::vector<Index> full_targets(static_cast<std::size_t>(B * (Tv + L)), kIgnoreIndex);
         for (Index b = 0; b < B; ++b)
             std::copy_n(targets.begin() + b * L, L, full_targets.begin() + b * (Tv + L) + Tv);
