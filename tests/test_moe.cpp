@@ -383,7 +383,57 @@ TEST_CASE("SparseMoE with capacity: a huge capacity is dropless bit for bit, sma
     CHECK_GRADCHECK(module_gradcheck_moe(moe, x));
 }
 
-// ---- upcycling ------------------------------------------------------------------------------------
+// ---- generation, upcycling, the model's trace and the checkpoint JSON ----------------------------
+
+namespace {
+nn::VLMConfig small_vlm(double capacity_factor) {
+    nn::VLMConfig c;
+    c.vision.image_size = 8;
+    c.vision.patch_size = 4;
+    c.vision.dim = 8;
+    c.vision.n_blocks = 1;
+    c.vision.n_heads = 2;
+    c.vision.mlp_ratio = 2;
+    c.vision.dropout = 0.0;
+    c.decoder.vocab_size = 7;
+    c.decoder.n_embd = 8;
+    c.decoder.n_head = 2;
+    c.decoder.n_layer = 2;
+    c.decoder.num_experts = 4;
+    c.decoder.top_k = 2;
+    c.decoder.expert_ratio = 2;
+    c.decoder.block_size = 24;
+    c.decoder.dropout = 0.0;
+    c.decoder.capacity_factor = capacity_factor;
+    c.decoder.eval_capacity_factor = capacity_factor;
+    c.visual_tokens = nn::VisualTokens::Patches;  // 4 visual tokens + <bos>: a 5-token prompt
+    c.pad_id = 0;
+    c.bos_id = 1;
+    c.eos_id = 2;
+    return c;
+}
+}  // namespace
+
+TEST_CASE("generation never drops a token, whatever the capacity factor", "[nn][moe]") {
+    Rng r1(60), r2(60);
+    nn::VisionMoELanguageModel<double> dropless(small_vlm(0.0), r1);
+    nn::VisionMoELanguageModel<double> tiny_capacity(small_vlm(0.01), r2);
+    Rng data(61);
+    const Tensord image = Tensord::randn({1, 3, 8, 8}, data);
+    nn::SamplingOptions greedy;
+    greedy.max_new_tokens = 12;
+    Rng g1(1), g2(1);
+    const auto a = dropless.generate(image, greedy, g1), b = tiny_capacity.generate(image, greedy, g2);
+    CHECK(a == b);
+    // The same model drops in an eval forward over the prompt (5 tokens, capacity 1 per expert).
+    tiny_capacity.eval();
+    nn::MoETrace<double> trace;
+    Rng unused(0);
+    NoGradGuard no_grad;
+    tiny_capacity.forward(image, {1}, 1, unused, &trace);
+    REQUIRE(trace.layers.size() == 2);
+    CHECK(trace.layers[0].dropped > 0);
+}
 
 TEST_CASE("sparse upcycling: at step 0 the upcycled layer computes the dense FFN", "[nn][moe]") {
     const Index C = 8, Hd = 16;
@@ -417,4 +467,50 @@ TEST_CASE("sparse upcycling: at step 0 the upcycled layer computes the dense FFN
     nn::Expert<double> wrong(C, Hd + 1, 0.0, rng);
     nn::SparseMoE<double> moe(C, 4, 2, Hd, 0.0, rng);
     CHECK_THROWS_WITH(moe.upcycle_from(wrong, 0.0, rng), Catch::Contains("[SparseMoE] upcycling"));
+}
+
+TEST_CASE("the model's trace sums the auxiliary losses over the MoE layers", "[nn][moe]") {
+    Rng rng(64);
+    nn::VisionMoELanguageModel<double> model(small_vlm(0.0), rng);
+    const Tensord images = grad_input({2, 3, 8, 8}, rng);
+    nn::MoETrace<double> plain, with_aux;
+    with_aux.aux_losses = true;
+    Rng r1(1), r2(1);
+    const std::vector<Index> ids = {1, 3, 4, 1, 5, 6}, targets = {3, 4, 2, 5, 6, 2};
+    const double a = model.loss(images, ids, targets, 3, r1, &plain).item();
+    const double b = model.loss(images, ids, targets, 3, r2, &with_aux).item();
+    CHECK(a == b);  // the caption loss alone either way
+    CHECK_FALSE(plain.balance_loss.defined());
+    REQUIRE(with_aux.balance_loss.defined());
+    REQUIRE(with_aux.layers.size() == 2);
+    for (const auto& layer : with_aux.layers) {
+        CHECK(layer.router_entropy > 0);
+        CHECK(layer.router_entropy <= std::log(4.0) + 1e-12);
+    }
+    CHECK(with_aux.z_loss.item() > 0);
+    // Its gradient reaches the routers.
+    with_aux.balance_loss.backward();
+    CHECK(model.decoder.blocks[0].moe.router.route.weight.has_grad());
+}
+
+TEST_CASE("the MoE routing fields in the checkpoint JSON: written when set, optional when reading",
+          "[io][moe]") {
+    nn::VLMConfig c = small_vlm(1.25);
+    c.decoder.router = nn::RouterType::SoftmaxTopK;
+    c.decoder.num_shared_experts = 1;
+    c.decoder.overflow = OverflowPolicy::Priority;
+    const io::Json j = nn::config_to_json(c);
+    CHECK(j.at("decoder").at("router").as_string() == "softmax_topk");
+    CHECK(j.at("decoder").at("overflow").as_string() == "priority");
+    const nn::VLMConfig back = nn::config_from_json(j);
+    CHECK(nn::config_to_json(back).dump() == j.dump());
+    CHECK(back.decoder.capacity_factor == 1.25);
+    // At their defaults the fields are left out, and reading without them gives the defaults.
+    const io::Json plain = nn::config_to_json(nn::VLMConfig{});
+    CHECK_FALSE(plain.at("decoder").contains("router"));
+    CHECK_FALSE(plain.at("decoder").contains("capacity_factor"));
+    CHECK(nn::config_from_json(plain).decoder.router == nn::RouterType::NoisyTopK);
+    io::Json bad = j;
+    bad["decoder"]["router"] = "best";
+    CHECK_THROWS_WITH(nn::config_from_json(bad), Catch::Contains("unknown router 'best'"));
 }

@@ -171,6 +171,21 @@ inline std::vector<Index> all_samples(const CaptionDataset& ds) {
 // routing[layer][expert]: positions each expert received.
 using RoutingCounts = std::vector<std::vector<Index>>;
 
+// The busiest expert's share over the mean share (1 = even, E = one expert takes all), averaged
+// over the layers of `routing`.
+inline double mean_max_over_mean(const RoutingCounts& routing) {
+    double total = 0;
+    for (const auto& counts : routing) {
+        Index sum = 0, most = 0;
+        for (Index c : counts) {
+            sum += c;
+            most = std::max(most, c);
+        }
+        if (sum > 0) total += static_cast<double>(most) * static_cast<double>(counts.size()) / static_cast<double>(sum);
+    }
+    return routing.empty() ? 0.0 : total / static_cast<double>(routing.size());
+}
+
 // Mean loss per caption token over `samples`; adds the expert routing to *routing when given.
 inline double mean_loss(Model& model, const Batcher& batcher, const std::vector<Index>& samples, Index batch_size,
                         RoutingCounts* routing = nullptr) {

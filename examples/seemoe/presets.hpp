@@ -170,6 +170,18 @@ inline const std::vector<ModelFlag>& model_flag_table() {
         {{"--visual-tokens", "cls|patches", "what the decoder sees of the image: the CLS feature or every patch"},
          {"visual_tokens"}},
         {{"--block-size", "N", "decoder positions (visual tokens + caption + 1; for text, the window)"}, {"decoder.block_size"}, 2},
+        {{"--router", "noisy_topk|topk_softmax|softmax_topk",
+          "gates: noisy top-k (the seeds'), top-k then softmax (Mixtral), softmax then top-k (Switch, V-MoE)"},
+         {"decoder.router"}},
+        {{"--shared-experts", "N", "experts every token uses besides its top-k (DeepSeekMoE)"},
+         {"decoder.num_shared_experts"}, 0},
+        {{"--capacity-factor", "X", "training: each expert takes ceil(K*S*X/E) of S tokens' slots; 0 = dropless"},
+         {"decoder.capacity_factor"}, 0, 100},
+        {{"--eval-capacity-factor", "X", "the same in eval (generation never drops); 0 = dropless"},
+         {"decoder.eval_capacity_factor"}, 0, 100},
+        {{"--overflow", "position|priority",
+          "who a full expert turns away: later tokens, or the lowest top gates (V-MoE's priority routing)"},
+         {"decoder.overflow"}},
     };
     // A field name that for_each_field does not know would make its flag do nothing: refuse it
     // the first time the table is used (every `seemoe train` and the CLI tests use it).
@@ -231,10 +243,10 @@ inline void apply_model_flags(const Args& args, VLMConfig& m, bool text_only = f
             const std::string path = field_path(section, name);
             if (std::find(f.fields.begin(), f.fields.end(), path) == f.fields.end()) return;
             using Field = std::decay_t<decltype(field)>;
-            if constexpr (std::is_same_v<Field, VisualTokens>) {
-                const std::vector<std::string> names = {seemoe::nn::visual_tokens_name(VisualTokens::CLS),
-                                                        seemoe::nn::visual_tokens_name(VisualTokens::Patches)};
-                seemoe::nn::visual_tokens_from_name(args.get_choice(flag, names.front(), names), field);
+            if constexpr (std::is_enum_v<Field>) {
+                std::vector<std::string> names;
+                for (Field v : seemoe::nn::enum_values<Field>()) names.push_back(seemoe::nn::enum_name(v));
+                seemoe::nn::enum_from_name(args.get_choice(flag, seemoe::nn::enum_name(field), names), field);
             } else if constexpr (std::is_same_v<Field, double>) {
                 field = args.get_double(flag, field, f.min, f.max);
             } else {
@@ -256,8 +268,8 @@ inline std::vector<std::pair<std::string, std::string>> describe_model(const VLM
         std::string& line = rows.back().second;
         if (!line.empty()) line += ", ";
         using Field = std::decay_t<decltype(field)>;
-        if constexpr (std::is_same_v<Field, VisualTokens>)
-            line += format("%s %s", name, seemoe::nn::visual_tokens_name(field));
+        if constexpr (std::is_enum_v<Field>)
+            line += format("%s %s", name, seemoe::nn::enum_name(field));
         else if constexpr (std::is_same_v<Field, double>)
             line += format("%s %g", name, field);
         else

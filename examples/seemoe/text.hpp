@@ -135,7 +135,9 @@ inline std::pair<std::string, std::string> describe_text_model(const seemoe::nn:
     std::string line;
     seemoe::nn::for_each_decoder_field(c, [&](const char* name, const auto& field) {
         if (!line.empty()) line += ", ";
-        if constexpr (std::is_same_v<std::decay_t<decltype(field)>, double>)
+        if constexpr (std::is_enum_v<std::decay_t<decltype(field)>>)
+            line += format("%s %s", name, seemoe::nn::enum_name(field));
+        else if constexpr (std::is_same_v<std::decay_t<decltype(field)>, double>)
             line += format("%s %g", name, field);
         else
             line += format("%s %lld", name, static_cast<long long>(field));

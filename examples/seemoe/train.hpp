@@ -11,7 +11,8 @@
 //     numbers;
 //   * --out receives model.safetensors (weights, config and vocabulary: all that `caption` and
 //     `eval` need), training_state.safetensors (AdamW moments, step, Rng, the run's settings) and
-//     metrics.jsonl (one JSON object per step; tokens_per_s counts caption tokens, the targets).
+//     metrics.jsonl (one JSON object per step; tokens_per_s counts caption tokens, the targets;
+//     "moe" holds each MoE layer's routing statistics).
 // `train --text FILE` trains a text-only character model instead, with the same settings, files,
 // progress and --resume: its loop is run_text_train in train_text.hpp.
 #pragma once
@@ -49,14 +50,20 @@ struct TrainSettings {
     double lr = 0, min_lr_ratio = 0.1, weight_decay = 0.01, grad_clip = 1.0;
     std::uint64_t seed = 1337;
     Index eval_every = 0, eval_samples = 200, eval_batches = 200, save_every = 0, log_every = 0;
+    // Coefficients of the MoE auxiliary losses added to the training loss (0: off, nothing computed).
+    double balance_loss = 0.0, z_loss = 0.0;
 
     bool is_text() const { return !text.empty(); }
 };
 
 // The settings that mean something only for image runs, or only for text runs: the others are
 // refused as flags and left out of the run table.
-inline bool image_only_setting(const std::string& name) { return name == "data" || name == "eval_samples"; }
+inline bool image_only_setting(const std::string& name) {
+    return name == "data" || name == "eval_samples" || name == "balance_loss" || name == "z_loss";
+}
 inline bool text_only_setting(const std::string& name) { return name == "text" || name == "eval_batches"; }
+// Settings added after runs were first stored: a stored run may lack them (then the default).
+inline bool later_setting(const std::string& name) { return name == "balance_loss" || name == "z_loss"; }
 
 // The flag that sets a setting, and the range its value must be in.
 struct SettingFlag {
@@ -106,6 +113,16 @@ void for_each_setting(Settings& s, Fn&& fn) {
     fn("eval_batches", s.eval_batches, &eval_batches);
     fn("save_every", s.save_every, &save_every);
     fn("log_every", s.log_every, &log_every);
+    static const SettingFlag balance_loss{
+        {"--balance-loss", "X", "weight of the MoE load-balancing loss E * sum_e f_e P_e, summed over layers (0 = off)"},
+        0,
+        10};
+    static const SettingFlag z_loss{
+        {"--z-loss", "X", "weight of the router z-loss mean_s (logsumexp_e logits)^2, summed over layers (0 = off)"},
+        0,
+        10};
+    fn("balance_loss", s.balance_loss, &balance_loss);
+    fn("z_loss", s.z_loss, &z_loss);
 }
 
 inline Json settings_to_json(const TrainSettings& s) {
@@ -150,7 +167,7 @@ inline std::string settings_problem(const TrainSettings& s) {
 inline TrainSettings settings_from_json(const Json& j) {
     TrainSettings s;
     for_each_setting(s, [&](const char* name, auto& field, const SettingFlag*) {
-        if (text_only_setting(name) && !j.contains(name)) return;  // saved before text runs existed
+        if ((text_only_setting(name) || later_setting(name)) && !j.contains(name)) return;  // saved before they existed
         try {
             const Json& value = j.at(name);
             using Field = std::decay_t<decltype(field)>;
@@ -255,8 +272,10 @@ inline std::string train_usage() {
            flag_help(model_flags()) +
            "\nWrites DIR/model.safetensors (weights, config, vocabulary), DIR/training_state.safetensors\n"
            "(AdamW moments, step, rng, settings) and DIR/metrics.jsonl (one JSON object per step: step,\n"
-           "loss, lr, tokens_per_s = caption tokens (text: characters) per second, and val figures when\n"
-           "measured; then a final line with the val and test figures).\n";
+           "loss (with the weighted auxiliary losses when they are on), lr, tokens_per_s = caption tokens\n"
+           "(text: characters) per second, balance_loss and z_loss (unweighted) when on, moe = per MoE\n"
+           "layer tokens_per_expert, max_over_mean load, router entropy and drop_fraction (image runs),\n"
+           "and val figures when measured; then a final line with the val and test figures).\n";
 }
 
 // The files of a run in --out: checkpoints/step-N/{model,training_state}.safetensors, each
@@ -549,7 +568,8 @@ inline Json final_report(Model& model, const TrainData& data, Index step, const 
             continue;
         }
         const std::vector<Index> samples = all_samples(batcher->dataset());
-        const double loss = mean_loss(model, *batcher, samples, data.eval_batch);
+        RoutingCounts routing;
+        const double loss = mean_loss(model, *batcher, samples, data.eval_batch, &routing);
         const CaptionScore score = score_captions(model, *batcher, samples, data.eval_batch);
         rows.push_back({name, format("loss %.4f | exact match %s (%lld/%lld) | char accuracy %s", loss,
                                      format_percent(score.exact_match()).c_str(), static_cast<long long>(score.exact),
@@ -559,6 +579,10 @@ inline Json final_report(Model& model, const TrainData& data, Index step, const 
         report[name + "_exact_match"] = score.exact_match();
         report[name + "_char_accuracy"] = score.char_accuracy();
         report[name + "_samples"] = score.samples;
+        // How evenly the experts share the split's positions: max/mean load, mean over the MoE layers.
+        report[name + "_max_over_mean_load"] = mean_max_over_mean(routing);
+        rows.push_back({name + " expert load",
+                        format("max/mean %.3f (mean over the MoE layers; 1 = even)", mean_max_over_mean(routing))});
     }
     report["time_s"] = std::round(wall.seconds() * 10) / 10;  // the whole command, evaluation included
     rows.push_back({"wall time", format_duration(wall.seconds())});
@@ -627,7 +651,8 @@ StepResult train_step(ComputeLoss&& compute_loss, Index targets, seemoe::AdamW<f
         return result;
     }
     optimizer.step();
-    return result;}
+    return result;
+}
 
 // Counts the steps train_step skipped; after `max_in_a_row` in a row (--max-bad-steps) the run
 // stops with a message (the weights and the last checkpoint are still finite). Also knows the
@@ -670,6 +695,22 @@ private:
     std::vector<Index> inject_;
     Index in_a_row_ = 0, total_ = 0;
 };
+
+// Per MoE layer, for metrics.jsonl: tokens per expert, max/mean load, router entropy, drop rate.
+inline Json routing_json(const std::vector<seemoe::nn::RoutingStats>& layers) {
+    Json out = Json::array();
+    for (const auto& l : layers) {
+        Json row = Json::object();
+        Json counts = Json::array();
+        for (Index c : l.tokens_per_expert) counts.push_back(c);
+        row["tokens_per_expert"] = counts;
+        row["max_over_mean"] = std::round(l.max_over_mean_load() * 1e4) / 1e4;
+        row["entropy"] = std::round(l.router_entropy * 1e4) / 1e4;
+        row["drop_fraction"] = std::round(l.drop_fraction() * 1e4) / 1e4;
+        out.push_back(row);
+    }
+    return out;
+}
 
 // Caption tokens per second for the progress line: a running mean of step time and tokens over
 // the first 20 steps, then an exponential one that follows changes.
@@ -859,9 +900,19 @@ inline int run_train(int argc, char** argv, Team& team) {
         const double lr = schedule.lr_at(step - 1);
         Rng rank_rng = rank_step_rng(settings.seed, step, team.rank());
         Rng& rng = team.leader() ? run.rng : rank_rng;
-        const StepResult result =
-            train_step([&] { return model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng); },
-                       target_count(batch), optimizer, params, lr, settings.grad_clip, team, guard.poison(step));
+        // The caption loss plus the weighted MoE auxiliary losses when they are on; the trace also
+        // brings each MoE layer's routing statistics.
+        seemoe::nn::MoETrace<float> trace;
+        trace.aux_losses = settings.balance_loss > 0 || settings.z_loss > 0;
+        const StepResult result = train_step(
+            [&] {
+                Tensor<float> loss =
+                    model.loss(batch.images, batch.input_ids, batch.targets, batch.seq_len, rng, &trace);  // ()
+                if (!trace.aux_losses) return loss;
+                return seemoe::add(loss, seemoe::add(seemoe::mul(trace.balance_loss, static_cast<float>(settings.balance_loss)),
+                                                     seemoe::mul(trace.z_loss, static_cast<float>(settings.z_loss))));
+            },
+            target_count(batch), optimizer, params, lr, settings.grad_clip, team, guard.poison(step));
         const float loss = static_cast<float>(result.total.mean);
         const bool stop = guard.count(result.skipped);  // on every rank: the verdict is the team's
         if (!team.leader()) {
@@ -885,6 +936,11 @@ inline int run_train(int argc, char** argv, Team& team) {
             metrics.flush();
             throw guard.stop_error(step, true);
         }
+        if (!result.skipped && trace.aux_losses) {
+            row["balance_loss"] = trace.balance_loss.item();
+            row["z_loss"] = trace.z_loss.item();
+        }
+        row["moe"] = routing_json(trace.layers);
         // The last step of the whole run is measured by the final report instead.
         if (step % settings.eval_every == 0 && step != settings.steps && data.val_batcher) {
             progress.newline();

@@ -27,6 +27,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -80,6 +81,54 @@ inline Index parse_step(const std::string& text, const std::string& path) {
     return step;
 }
 
+namespace detail {
+
+// Whether `value` is the default of the decoder field `name`.
+template <typename Field>
+bool is_default_decoder_field(const char* name, const Field& value) {
+    static const DecoderConfig defaults;
+    bool same = false;
+    for_each_decoder_field(defaults, [&](const char* n, const auto& d) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(d)>, Field>)
+            if (std::string_view(n) == name) same = d == value;
+    });
+    return same;
+}
+
+// One config field into `target` (enums by name); an optional decoder field at its default is
+// left out.
+template <typename Field>
+void put_field(io::Json& target, bool decoder, const char* name, const Field& field) {
+    if (decoder && decoder_field_is_optional(name) && is_default_decoder_field(name, field)) return;
+    if constexpr (std::is_enum_v<Field>)
+        target[name] = enum_name(field);
+    else
+        target[name] = field;
+}
+
+// One config field from `holder`, which must have it with the right type unless it is an optional
+// decoder field (absent: the default). Errors say what is wrong with the value; the callers add
+// the field's name.
+template <typename Field>
+void get_field(const io::Json& holder, bool decoder, const char* name, Field& field) {
+    if (decoder && decoder_field_is_optional(name) && !holder.contains(name)) return;
+    const io::Json& value = holder.at(name);
+    if constexpr (std::is_enum_v<Field>) {
+        std::string expected;
+        const auto values = enum_values<Field>();
+        for (std::size_t i = 0; i < values.size(); ++i)
+            expected += (i == 0 ? "" : i + 1 == values.size() ? " or " : ", ") + std::string(enum_name(values[i]));
+        SEEMOE_CHECK(enum_from_name(value.as_string(), field), "unknown ", name, " '", value.as_string(),
+                     "' (expected ", expected, ")");
+    } else if constexpr (std::is_same_v<Field, double>) {
+        field = value.as_double();
+    } else {
+        field = value.as_int();
+    }
+}
+
+}  // namespace detail
+
 // The config as JSON: {"vision": {...}, "decoder": {...}, "visual_tokens": "cls", "pad_id": 0, ...},
 // field by field from for_each_field (nn/vlm.hpp).
 inline io::Json config_to_json(const VLMConfig& c) {
@@ -87,15 +136,13 @@ inline io::Json config_to_json(const VLMConfig& c) {
     for_each_field(c, [&](const char* section, const char* name, const auto& field) {
         io::Json& target = *section ? out[section] : out;
         if (target.is_null()) target = io::Json::object();
-        if constexpr (std::is_same_v<std::decay_t<decltype(field)>, VisualTokens>)
-            target[name] = visual_tokens_name(field);
-        else
-            target[name] = field;
+        detail::put_field(target, std::string_view(section) == "decoder", name, field);
     });
     return out;
 }
 
-// The config from its JSON; every field must be present, with the right type. Errors name the
+// The config from its JSON; every field must be present, with the right type, except the MoE
+// routing fields, which checkpoints older than them lack (then the defaults). Errors name the
 // field ("field decoder.n_layer: [json] expected number, got string"); the values are checked by
 // check_config (nn/vlm.hpp), which the callers run.
 inline VLMConfig config_from_json(const io::Json& j) {
@@ -103,16 +150,7 @@ inline VLMConfig config_from_json(const io::Json& j) {
     SEEMOE_CHECK(j.is_object(), "[checkpoint] the config must be a JSON object");
     for_each_field(c, [&](const char* section, const char* name, auto& field) {
         try {
-            const io::Json& value = (*section ? j.at(section) : j).at(name);
-            using Field = std::decay_t<decltype(field)>;
-            if constexpr (std::is_same_v<Field, VisualTokens>) {
-                SEEMOE_CHECK(visual_tokens_from_name(value.as_string(), field), "unknown visual_tokens '",
-                             value.as_string(), "' (expected cls or patches)");
-            } else if constexpr (std::is_same_v<Field, double>) {
-                field = value.as_double();
-            } else {
-                field = value.as_int();
-            }
+            detail::get_field(*section ? j.at(section) : j, std::string_view(section) == "decoder", name, field);
         } catch (const Error& e) {
             throw Error(seemoe::detail::concat("field ", *section ? section : "", *section ? "." : "", name, ": ",
                                                e.what()));
@@ -217,7 +255,7 @@ inline LoadedModel load_model(const std::string& path) {
 // {"decoder": {"vocab_size": 68, "n_embd": 128, ...}}, the VLM config's decoder section alone.
 inline io::Json text_config_to_json(const DecoderConfig& c) {
     io::Json decoder = io::Json::object();
-    for_each_decoder_field(c, [&](const char* name, const auto& field) { decoder[name] = field; });
+    for_each_decoder_field(c, [&](const char* name, const auto& field) { detail::put_field(decoder, true, name, field); });
     io::Json out = io::Json::object();
     out["decoder"] = decoder;
     return out;
@@ -227,11 +265,7 @@ inline DecoderConfig text_config_from_json(const io::Json& j) {
     DecoderConfig c;
     for_each_decoder_field(c, [&](const char* name, auto& field) {
         try {
-            const io::Json& value = j.at("decoder").at(name);
-            if constexpr (std::is_same_v<std::decay_t<decltype(field)>, double>)
-                field = value.as_double();
-            else
-                field = value.as_int();
+            detail::get_field(j.at("decoder"), true, name, field);
         } catch (const Error& e) {
             throw Error(seemoe::detail::concat("field decoder.", name, ": ", e.what()));
         }

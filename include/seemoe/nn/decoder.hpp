@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -38,6 +39,22 @@ struct DecoderConfig {
     Index expert_ratio = 4;  // expert hidden = expert_ratio * C
     Index block_size = 1000; // positions, prefix included
     double dropout = 0.1;
+    // How the MoE layers route (nn/moe.hpp); the defaults are the seeds' dropless noisy top-k.
+    RouterType router = RouterType::NoisyTopK;
+    Index num_shared_experts = 0;       // experts every token uses (DeepSeekMoE)
+    double capacity_factor = 0.0;       // training: each expert takes ceil(K*S*cf/E) of S tokens; <= 0 dropless
+    double eval_capacity_factor = 0.0;  // the same in eval (generation never drops)
+    OverflowPolicy overflow = OverflowPolicy::Position;  // who is dropped when an expert is full
+
+    MoEOptions moe_options() const {
+        MoEOptions o;
+        o.router = router;
+        o.num_shared_experts = num_shared_experts;
+        o.capacity_factor = capacity_factor;
+        o.eval_capacity_factor = eval_capacity_factor;
+        o.overflow = overflow;
+        return o;
+    }
 };
 
 // Every field of a DecoderConfig, once, in checkpoint order: fn(name, field). A text model's
@@ -55,6 +72,44 @@ void for_each_decoder_field(Config& c, Fn&& fn) {
     fn("expert_ratio", c.expert_ratio);
     fn("block_size", c.block_size);
     fn("dropout", c.dropout);
+    fn("router", c.router);
+    fn("num_shared_experts", c.num_shared_experts);
+    fn("capacity_factor", c.capacity_factor);
+    fn("eval_capacity_factor", c.eval_capacity_factor);
+    fn("overflow", c.overflow);
+}
+
+// The MoE routing fields came after the first checkpoints: a checkpoint may lack them (then they
+// keep their default), and they are written only when they differ from it, so a model that does
+// not use them keeps the JSON it always had.
+inline bool decoder_field_is_optional(std::string_view name) {
+    return name == "router" || name == "num_shared_experts" || name == "capacity_factor" ||
+           name == "eval_capacity_factor" || name == "overflow";
+}
+
+// The config's enum fields by name, for checkpoints, flags and summaries: enum_name(value),
+// enum_values<E>() and enum_from_name(name, out) (false if no value has it). VisualTokens joins
+// them in vlm.hpp.
+inline const char* enum_name(RouterType r) { return router_type_name(r); }
+inline const char* enum_name(OverflowPolicy p) { return overflow_policy_name(p); }
+template <typename E>
+std::vector<E> enum_values();
+template <>
+inline std::vector<RouterType> enum_values<RouterType>() {
+    return {RouterType::NoisyTopK, RouterType::TopKSoftmax, RouterType::SoftmaxTopK};
+}
+template <>
+inline std::vector<OverflowPolicy> enum_values<OverflowPolicy>() {
+    return {OverflowPolicy::Position, OverflowPolicy::Priority};
+}
+template <typename E>
+bool enum_from_name(std::string_view name, E& out) {
+    for (E v : enum_values<E>())
+        if (name == enum_name(v)) {
+            out = v;
+            return true;
+        }
+    return false;
 }
 
 // What is wrong with a config: the field, named as in the checkpoint JSON ("decoder.n_layer"),
@@ -81,13 +136,14 @@ inline ConfigIssue check_range(const std::string& field, Index value, Index lo, 
 // An estimate of the decoder's parameters (embeddings, attention, experts, router, head).
 inline double approx_parameter_count(const DecoderConfig& c) {
     const double C = static_cast<double>(c.n_embd), V = static_cast<double>(c.vocab_size);
-    const double E = static_cast<double>(c.num_experts);
+    const double E = static_cast<double>(c.num_experts + c.num_shared_experts);
     return 2 * V * C + static_cast<double>(c.block_size) * C +
            static_cast<double>(c.n_layer) * (4 * C * C + E * 2 * static_cast<double>(c.expert_ratio) * C * C + C * E);
 }
 
 // Checks every field of a decoder config: sizes >= 1 and below sane bounds, n_embd divisible by
-// n_head, top_k <= num_experts, dropout in [0, 1), at most kMaxParameters. `prefix` goes before
+// n_head, top_k <= num_experts, dropout in [0, 1), capacity factors in [0, 100], at most
+// kMaxParameters. `prefix` goes before
 // the field names ("decoder." inside a VLM config).
 inline ConfigIssue find_decoder_issue(const DecoderConfig& c, const std::string& prefix = "") {
     for (ConfigIssue issue : {
@@ -99,6 +155,7 @@ inline ConfigIssue find_decoder_issue(const DecoderConfig& c, const std::string&
              detail::check_range(prefix + "top_k", c.top_k, 1, std::max<Index>(c.num_experts, 1)),
              detail::check_range(prefix + "expert_ratio", c.expert_ratio, 1, 64),
              detail::check_range(prefix + "block_size", c.block_size, 2, Index(1) << 20),
+             detail::check_range(prefix + "num_shared_experts", c.num_shared_experts, 0, 4096),
          })
         if (issue) return issue;
     if (c.n_embd % c.n_head != 0)
@@ -106,6 +163,12 @@ inline ConfigIssue find_decoder_issue(const DecoderConfig& c, const std::string&
                                                           ", got ", c.n_embd)};
     if (!(c.dropout >= 0.0 && c.dropout < 1.0))
         return {prefix + "dropout", seemoe::detail::concat("must be in [0, 1), got ", c.dropout)};
+    // A capacity factor <= 0 means dropless; above 100 every expert could take every token anyway.
+    if (!(c.capacity_factor >= 0.0 && c.capacity_factor <= 100.0))
+        return {prefix + "capacity_factor", seemoe::detail::concat("must be in [0, 100], got ", c.capacity_factor)};
+    if (!(c.eval_capacity_factor >= 0.0 && c.eval_capacity_factor <= 100.0))
+        return {prefix + "eval_capacity_factor",
+                seemoe::detail::concat("must be in [0, 100], got ", c.eval_capacity_factor)};
     const double params = approx_parameter_count(c);
     if (params > kMaxParameters)
         return {prefix + "n_embd", seemoe::detail::concat("gives a model of about ", static_cast<long long>(params / 1e6),
@@ -127,13 +190,19 @@ public:
     SparseMoEBlock(const DecoderConfig& c, Rng& rng)
         : ln1(c.n_embd), attn(c.n_embd, c.n_head, /*causal=*/true, static_cast<T>(c.dropout), rng),
           ln2(c.n_embd),
-          moe(c.n_embd, c.num_experts, c.top_k, c.expert_ratio * c.n_embd, static_cast<T>(c.dropout), rng) {}
+          moe(c.n_embd, c.num_experts, c.top_k, c.expert_ratio * c.n_embd, static_cast<T>(c.dropout), rng,
+              c.moe_options()) {}
 
-    // trace, when given, receives this layer's routing statistics.
+    // trace, when given, receives this layer's routing statistics (and auxiliary losses, if it
+    // asks for them).
     Tensor<T> forward(const Tensor<T>& x, Rng& rng, MoETrace<T>* trace = nullptr) const {  // (B, T, C)
         Tensor<T> h = add(x, attn.forward(ln1.forward(x), rng));             // (B, T, C)
-        MoEOutput<T> m = moe.forward_with_stats(ln2.forward(h), rng);        // (B, T, C)
-        if (trace) trace->layers.push_back(std::move(m.stats));
+        if (!trace) return add(h, moe.forward(ln2.forward(h), rng));         // (B, T, C)
+        MoERequest request;
+        request.aux_losses = trace->aux_losses;
+        request.entropy = true;
+        MoEOutput<T> m = moe.forward_with_stats(ln2.forward(h), rng, request);  // (B, T, C)
+        trace->add(m);
         return add(h, m.out);                                                // (B, T, C)
     }
 

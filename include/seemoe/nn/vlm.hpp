@@ -44,6 +44,12 @@ inline bool visual_tokens_from_name(std::string_view name, VisualTokens& out) {
     return false;
 }
 
+inline const char* enum_name(VisualTokens v) { return visual_tokens_name(v); }
+template <>
+inline std::vector<VisualTokens> enum_values<VisualTokens>() {
+    return {VisualTokens::CLS, VisualTokens::Patches};
+}
+
 struct VLMConfig {
     ViTConfig vision;
     DecoderConfig decoder;
