@@ -111,38 +111,76 @@ inline double skipped_forward_flops(const seemoe::nn::VLMConfig& m, Index batch)
     return B * P * (D * D + 8 * D * D) * 2 + B * 2 * P * (P + 1) * D * 2;
 }
 
-// FP32 FMA throughput of this machine in GFLOP/s on `threads` threads: every thread runs
-// kChains independent chains of packet FMAs (enough to cover the FMA latency on every pipe),
-// so the loop is bound by FMA issue alone. Best of a few tries.
+// FP32 FMA throughput of this machine in GFLOP/s on `threads` threads, with the vector
+// instructions of the kernel path in use (AVX-512, AVX2, NEON, or the build's own for the portable
+// path): every thread runs independent chains of vector FMAs (enough to cover the FMA latency on
+// every pipe), so the loop is bound by FMA issue alone. Best of a few tries.
 inline double fma_peak_gflops(int threads) {
-    using Packet = Eigen::internal::packet_traits<float>::type;
-    constexpr int kLanes = Eigen::internal::packet_traits<float>::size;
-    constexpr int kChains = 16;
     constexpr long kIterations = 1'500'000;  // ~3 ms: short tries catch a core that is not shared
-    auto run_one_thread = [] {
-        Packet acc[kChains];
-        for (int c = 0; c < kChains; ++c) acc[c] = Eigen::internal::pset1<Packet>(0.001f * static_cast<float>(c));
-        // x = x * 0.9999999 + 1e-7 stays near its start: no overflow, no denormals.
-        const Packet mul = Eigen::internal::pset1<Packet>(0.9999999f);
-        const Packet add = Eigen::internal::pset1<Packet>(1e-7f);
-        for (long i = 0; i < kIterations; ++i)
-            for (int c = 0; c < kChains; ++c) acc[c] = Eigen::internal::pmadd(acc[c], mul, add);
-        float sum = 0;
-        for (int c = 0; c < kChains; ++c) sum += Eigen::internal::predux(acc[c]);
-        return sum;  // returned so the loop cannot be dropped
-    };
-    const double flops_per_thread = 2.0 * kLanes * kChains * static_cast<double>(kIterations);
+    const seemoe::KernelPath path = seemoe::active_kernel_path();
     double best = 0;
     std::vector<float> sinks(static_cast<std::size_t>(threads));
+    std::vector<double> flops(static_cast<std::size_t>(threads));
     for (int attempt = 0; attempt < 15; ++attempt) {
         const double start = now_ms();
-        seemoe::parallel_for(threads, [&](Index t) { sinks[static_cast<std::size_t>(t)] = run_one_thread(); });
+        seemoe::parallel_for(threads, [&](Index t) {
+            const auto i = static_cast<std::size_t>(t);
+            sinks[i] = seemoe::detail::fma_peak_loop(path, kIterations, flops[i]);
+        });
         const double seconds = (now_ms() - start) / 1e3;
-        best = std::max(best, flops_per_thread * threads / seconds / 1e9);
+        best = std::max(best, flops[0] * threads / seconds / 1e9);
     }
     volatile float sink = sinks[0];
     (void)sink;
     return best;
+}
+
+// The machine and the kernel choices, for the report: figures from different machines can only
+// be compared knowing both.
+struct MachineReport {
+    std::string cpu, isa, paths, caches, kernel, build;
+};
+
+inline std::string build_isa() {
+#if defined(__AVX512F__)
+    return "avx512";
+#elif defined(__AVX2__)
+    return "avx2";
+#elif defined(__aarch64__)
+    return "aarch64";
+#elif defined(__x86_64__)
+    return "x86-64 baseline";
+#else
+    return "baseline";
+#endif
+}
+
+inline MachineReport machine_report() {
+    const seemoe::CpuInfo& cpu = seemoe::cpu_info();
+    const seemoe::KernelPath path = seemoe::active_kernel_path();
+    const seemoe::GemmParams& p = seemoe::gemm_params(path);
+    MachineReport r;
+    r.cpu = cpu.model + " (" + cpu.arch + ")";
+    r.isa = seemoe::kernel_path_name(path);
+    for (seemoe::KernelPath q : seemoe::available_kernel_paths())
+        r.paths += (r.paths.empty() ? "" : " ") + std::string(seemoe::kernel_path_name(q));
+    r.caches = format("L1d %lld KB, L2 %lld KB, L3 %lld KB (%s)", static_cast<long long>(cpu.l1d / 1024),
+                      static_cast<long long>(cpu.l2 / 1024), static_cast<long long>(cpu.l3 / 1024),
+                      cpu.cache_source.c_str());
+    if (path == seemoe::KernelPath::portable) {
+        r.kernel = "Eigen's product (its own blocking)";
+    } else {
+        r.kernel = format("%lld-float vectors, micro-tile %lld x %lld, kc %lld, mc %lld, nc %lld",
+                          static_cast<long long>(p.vector_floats), static_cast<long long>(p.mr),
+                          static_cast<long long>(p.nr), static_cast<long long>(p.kc), static_cast<long long>(p.mc),
+                          static_cast<long long>(p.nc));
+        if (p.dot_kc > 0)
+            r.kernel += format(", dot tile %lld x %lld depth %lld", static_cast<long long>(p.dot_rows),
+                               static_cast<long long>(p.dot_cols), static_cast<long long>(p.dot_kc));
+        r.kernel += format(", prefetch %lld KB ahead", static_cast<long long>(p.prefetch_floats * 4 / 1024));
+    }
+    r.build = build_isa();
+    return r;
 }
 
 // Peak resident set size of this process so far, in MB (Linux reports ru_maxrss in KB).
@@ -309,6 +347,25 @@ inline int run_bench(int argc, char** argv, Team& team) {
 
     seemoe::io::Json out;
     out["impl"] = "seemoe";
+    const bench::MachineReport machine = bench::machine_report();
+    const seemoe::CpuInfo& cpu = seemoe::cpu_info();
+    const seemoe::GemmParams& gp = seemoe::gemm_params(seemoe::active_kernel_path());
+    out["cpu_model"] = cpu.model;
+    out["kernel_isa"] = machine.isa;
+    out["kernel_paths_available"] = machine.paths;
+    out["build_isa"] = machine.build;
+    out["cache_l1d_kb"] = static_cast<std::int64_t>(cpu.l1d / 1024);
+    out["cache_l2_kb"] = static_cast<std::int64_t>(cpu.l2 / 1024);
+    out["cache_l3_kb"] = static_cast<std::int64_t>(cpu.l3 / 1024);
+    out["cache_source"] = cpu.cache_source;
+    out["gemm_vector_floats"] = static_cast<std::int64_t>(gp.vector_floats);
+    out["gemm_mr"] = static_cast<std::int64_t>(gp.mr);
+    out["gemm_nr"] = static_cast<std::int64_t>(gp.nr);
+    out["gemm_kc"] = static_cast<std::int64_t>(gp.kc);
+    out["gemm_mc"] = static_cast<std::int64_t>(gp.mc);
+    out["gemm_nc"] = static_cast<std::int64_t>(gp.nc);
+    out["gemm_dot_kc"] = static_cast<std::int64_t>(gp.dot_kc);
+    out["gemm_prefetch_floats"] = static_cast<std::int64_t>(gp.prefetch_floats);
     out["preset"] = preset_name;
     out["threads"] = static_cast<std::int64_t>(threads);  // per rank
     out["ranks"] = static_cast<std::int64_t>(team.size());
@@ -354,6 +411,11 @@ inline int run_bench(int argc, char** argv, Team& team) {
         return 0;
     }
     std::vector<std::pair<std::string, std::string>> rows = {
+        {"cpu", machine.cpu},
+        {"kernels", format("%s chosen (available: %s; build targets %s)", machine.isa.c_str(), machine.paths.c_str(),
+                           machine.build.c_str())},
+        {"caches", machine.caches},
+        {"gemm blocks", machine.kernel},
         {"model", format("preset %s, %s parameters", preset_name.c_str(), format_count(params).c_str())},
         {"shapes", format("batch %lld, %lld x %lld images, %lld positions", static_cast<long long>(batch),
                           static_cast<long long>(S), static_cast<long long>(S), static_cast<long long>(T))},

@@ -76,6 +76,8 @@ int dispatch(int argc, char** argv, cli::Team& team) {
         std::printf("%s", kUsage);
         return 0;
     }
+    // A bad SEEMOE_KERNEL (the kernel path forced by hand) is reported before anything runs.
+    (void)seemoe::active_kernel_path();
     if (command == "train") return cli::run_train(argc, argv, team);
     if (command == "caption") return cli::run_caption(argc, argv);
     if (command == "generate") return cli::run_generate(argc, argv);

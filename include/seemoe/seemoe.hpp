@@ -16,10 +16,12 @@
 #include "core/autograd.hpp"
 #include "core/tensor.hpp"
 #include "core/parallel.hpp"
+#include "core/cpu.hpp"
 
 // ops: each op is its checks, forward and backward side by side
 #include "ops/elementwise.hpp"
 #include "ops/reduce.hpp"
+#include "ops/gemm_kernel.hpp"
 #include "ops/matmul.hpp"
 #include "ops/shape_ops.hpp"
 #include "ops/indexing.hpp"

@@ -1,484 +1,243 @@
-// seemoe/ops/gemm_kernel.hpp — the float matrix-product kernel behind matmul and linear on
-// AVX-512 machines.
+// seemoe/ops/gemm_kernel.hpp — the float matrix-product kernels behind matmul and linear, and
+// which of them runs on this machine.
 //
-// C (+)= op(A) op(B) for row-major float matrices, where op() is "as stored" or "transposed", in
-// the classic packed form (Goto / BLIS): op(B) is copied block by block (kKc rows deep) into
-// panels kNr = 32 columns wide, op(A) (kMc rows at a time) into panels kMr = 12 rows tall, and a
-// register-blocked micro-kernel multiplies one A panel by one B panel: 12 x 32 results in 24
-// AVX-512 registers, two FMAs per broadcast element of A. Panels are zero-padded at the edges,
-// and the edge tiles of C are written with masked stores, so any shape works. It runs on the
-// calling thread only; ops/matmul.hpp splits big products over threads before calling it.
+// Four code paths (KernelPath), each complete and each checked against a reference product by the
+// test suite:
+//   avx512    ops/gemm_avx512.hpp  x86-64 with AVX-512F
+//   avx2      ops/gemm_avx2.hpp    x86-64 with AVX2 and FMA
+//   neon      ops/gemm_neon.hpp    AArch64
+//   portable  Eigen's own product, for any CPU (and for double everywhere)
+// The x86 kernels are compiled into every x86-64 build, whatever -march says (target regions), so
+// a packaged build picks the best one the CPU has at run time, as a -march=native build does. The
+// block sizes come from this machine's caches (gemm_params.hpp). The environment variable
+// SEEMOE_KERNEL=avx512|avx2|neon|portable forces a path (for comparisons; a path the build or the
+// CPU lacks is an error), and set_kernel_path() does the same from code.
 //
-// Eigen's own product kernel reaches about 55-60% of the FMA peak on these shapes; this one
-// about 80-85%. Each output element is still a plain sum over k in order within each block of
-// kKc, so the result is as accurate as Eigen's (not bit-identical: the blocking differs).
-// Without AVX-512 (or for double) matmul.hpp uses Eigen; kAvailable says which.
+// All kernels run on the calling thread only; ops/matmul.hpp splits big products over threads
+// before calling them.
 #pragma once
 
+#include <Eigen/Core>
 #include <algorithm>
-#include <cstdint>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <new>
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include <string>
+#include <vector>
 
 #include "../core/common.hpp"
+#include "../core/cpu.hpp"
+#include "gemm_avx2.hpp"
+#include "gemm_avx512.hpp"
+#include "gemm_neon.hpp"
+#include "gemm_params.hpp"
 
-namespace seemoe::detail {
+namespace seemoe {
 
-// One operand of a product: a row-major matrix as stored (leading dimension ld), used as it is or
-// transposed. rows/cols are the operand AS USED in the product.
-struct SgemmOperand {
-    const float* data;
-    Index ld;
-    bool transposed;
-};
+// Compiled into this build (not asked of the CPU).
+inline bool kernel_path_compiled(KernelPath path) {
+    switch (path) {
+        case KernelPath::avx2:
+        case KernelPath::avx512: return SEEMOE_X86_KERNELS != 0;
+        case KernelPath::neon: return SEEMOE_NEON_KERNELS != 0;
+        default: return true;
+    }
+}
 
-#if defined(__AVX512F__)
+// Compiled in and supported by this CPU.
+inline bool kernel_path_available(KernelPath path) {
+    if (!kernel_path_compiled(path)) return false;
+    switch (path) {
+        case KernelPath::avx2: return cpu_info().avx2_fma;
+        case KernelPath::avx512: return cpu_info().avx512f;
+        case KernelPath::neon: return cpu_info().neon;
+        default: return true;
+    }
+}
 
+// Every path this build can run here, fastest first.
+inline std::vector<KernelPath> available_kernel_paths() {
+    std::vector<KernelPath> paths;
+    for (KernelPath p : {KernelPath::avx512, KernelPath::avx2, KernelPath::neon, KernelPath::portable})
+        if (kernel_path_available(p)) paths.push_back(p);
+    return paths;
+}
+
+// SEEMOE_KERNEL's spelling of a path; throws naming the variable for anything else or for a path
+// this build or CPU cannot run.
+inline KernelPath parse_kernel_path(const std::string& name) {
+    for (KernelPath p : {KernelPath::avx512, KernelPath::avx2, KernelPath::neon, KernelPath::portable}) {
+        if (name != kernel_path_name(p)) continue;
+        SEEMOE_CHECK(kernel_path_available(p), "SEEMOE_KERNEL=", name, ": ",
+                     kernel_path_compiled(p) ? "this CPU lacks the instructions of that kernel"
+                                             : "this build has no such kernel (another CPU architecture)",
+                     "; unset it or use one of the available paths");
+        return p;
+    }
+    throw Error(detail::concat("SEEMOE_KERNEL=", name, ": unknown kernel path (use avx512, avx2, neon or portable)"));
+}
+
+// The path to run: SEEMOE_KERNEL when set (non-empty), else the fastest available.
+inline KernelPath kernel_path_from_environment() {
+    const char* env = std::getenv("SEEMOE_KERNEL");
+    if (env != nullptr && *env != '\0') return parse_kernel_path(env);
+    return available_kernel_paths().front();
+}
+
+namespace detail {
+// The chosen path, -1 until the first product asks.
+inline std::atomic<int>& kernel_path_slot() {
+    static std::atomic<int> slot{-1};
+    return slot;
+}
+}  // namespace detail
+
+// The path float products take now (chosen on first use, see kernel_path_from_environment).
+inline KernelPath active_kernel_path() {
+    int path = detail::kernel_path_slot().load(std::memory_order_relaxed);
+    if (path < 0) {
+        path = static_cast<int>(kernel_path_from_environment());
+        detail::kernel_path_slot().store(path, std::memory_order_relaxed);
+    }
+    return static_cast<KernelPath>(path);
+}
+
+// Switches every later float product to `path` (tests and benchmarks; not while products run).
+inline void set_kernel_path(KernelPath path) {
+    SEEMOE_CHECK(kernel_path_available(path), "[set_kernel_path] the ", kernel_path_name(path),
+                 " kernel is not available on this build and CPU");
+    detail::kernel_path_slot().store(static_cast<int>(path), std::memory_order_relaxed);
+}
+
+// The block sizes of `path` on this machine, derived once.
+inline const GemmParams& gemm_params(KernelPath path) {
+    static const GemmParams params[4] = {
+        detail::derive_gemm_params(KernelPath::portable, cpu_info()),
+        detail::derive_gemm_params(KernelPath::avx2, cpu_info()),
+        detail::derive_gemm_params(KernelPath::avx512, cpu_info()),
+        detail::derive_gemm_params(KernelPath::neon, cpu_info()),
+    };
+    return params[static_cast<int>(path)];
+}
+
+namespace detail {
+
+// True: every path computes sgemm_kernel and sgemm_rows (the portable one through Eigen), so
+// float callers can always use them.
 inline constexpr bool kSgemmKernelAvailable = true;
 
-namespace sgemm {
+// Whether float products should go through sgemm_kernel/sgemm_rows rather than the caller's own
+// Eigen expression (the portable path is that expression).
+inline bool sgemm_kernels_active() { return active_kernel_path() != KernelPath::portable; }
 
-inline constexpr Index kMr = 12;    // rows of a micro-tile (broadcast from packed A)
-inline constexpr Index kNr = 32;    // columns of a micro-tile (two 16-float registers)
-inline constexpr Index kKc = 256;   // depth of a packed block: a B panel (kKc x kNr) fits in L1
-inline constexpr Index kMc = 144;   // rows of a packed A block (kMc x kKc, ~150 KB) kept in L2
-inline constexpr Index kNc = 4096;  // columns of a packed B block, which bounds the scratch
+using StridedMatrixMap = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
+                                    Eigen::OuterStride<>>;
+using StridedMatrixOut =
+    Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
 
-// Per-thread scratch for the packed blocks, grown on demand and kept for the next product.
-struct Scratch {
-    struct Free {
-        void operator()(float* p) const { ::operator delete(p, std::align_val_t{64}); }
+// The portable path: Eigen's product on strided maps of the stored operands.
+inline void eigen_sgemm(Index M, Index N, Index K, const SgemmOperand& a, const SgemmOperand& b, float* c, Index ldc,
+                        bool accumulate) {
+    StridedMatrixOut out(c, M, N, Eigen::OuterStride<>(ldc));
+    const StridedMatrixMap a_stored(a.data, a.transposed ? K : M, a.transposed ? M : K, Eigen::OuterStride<>(a.ld));
+    const StridedMatrixMap b_stored(b.data, b.transposed ? N : K, b.transposed ? K : N, Eigen::OuterStride<>(b.ld));
+    auto run = [&](const auto& l, const auto& r) {
+        if (accumulate) {
+            out.noalias() += l * r;
+        } else {
+            out.noalias() = l * r;
+        }
     };
-    std::unique_ptr<float, Free> buffer;
-    Index capacity = 0;
-    float* get(Index n) {
-        if (n > capacity) {
-            buffer.reset(static_cast<float*>(::operator new(sizeof(float) * static_cast<std::size_t>(n),
-                                                            std::align_val_t{64})));
-            capacity = n;
+    if (a.transposed) {
+        if (b.transposed) {
+            run(a_stored.transpose(), b_stored.transpose());
+        } else {
+            run(a_stored.transpose(), b_stored);
         }
-        return buffer.get();
-    }
-};
-inline Scratch& a_scratch() {
-    thread_local Scratch s;
-    return s;
-}
-inline Scratch& b_scratch() {
-    thread_local Scratch s;
-    return s;
-}
-
-// Transposes the 16 x 16 block held in r[0..15] (row i in r[i]) in place: afterwards r[j] holds
-// column j. Three rounds of in-lane unpacks and cross-lane shuffles.
-inline void transpose16x16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    // u[4g + q], 128-bit lane L: rows 4g..4g+3 at column 4L + q.
-    __m512 u[16];
-    for (int g = 0; g < 4; ++g) {
-        const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
-        const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
-        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    for (int q = 0; q < 4; ++q) {
-        const __m512 v = _mm512_shuffle_f32x4(u[q], u[4 + q], 0x88);   // lanes 0, 2 of rows 0-7
-        const __m512 w = _mm512_shuffle_f32x4(u[q], u[4 + q], 0xDD);   // lanes 1, 3 of rows 0-7
-        const __m512 x = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0x88);
-        const __m512 y = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0xDD);
-        r[q] = _mm512_shuffle_f32x4(v, x, 0x88);
-        r[4 + q] = _mm512_shuffle_f32x4(w, y, 0x88);
-        r[8 + q] = _mm512_shuffle_f32x4(v, x, 0xDD);
-        r[12 + q] = _mm512_shuffle_f32x4(w, y, 0xDD);
+    } else if (b.transposed) {
+        run(a_stored, b_stored.transpose());
+    } else {
+        run(a_stored, b_stored);
     }
 }
-
-inline __mmask16 first_lanes(Index n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
-
-// Reads `count` (<= 16) stored rows of 16 consecutive values each (fewer at the end of a row:
-// `len` values, the rest zero) starting at src, rows `ld` apart, and writes them transposed:
-// value j of row i goes to dst[j * dst_stride + i], for j < len, with `lanes` values per
-// destination row (masked store).
-inline void transpose_rows(const float* src, Index ld, Index count, Index len, float* dst, Index dst_stride,
-                           __mmask16 lanes) {
-    __m512 r[16];
-    const __mmask16 load_mask = first_lanes(len);
-    for (Index i = 0; i < 16; ++i)
-        r[i] = i < count ? _mm512_maskz_loadu_ps(load_mask, src + i * ld) : _mm512_setzero_ps();
-    transpose16x16(r);
-    for (Index j = 0; j < len; ++j) _mm512_mask_storeu_ps(dst + j * dst_stride, lanes, r[j]);
-}
-
-// Rows [i0, i0 + m) x depth [p0, p0 + kc) of op(A) -> panels of kMr rows, each stored k-major
-// (kc x kMr), the last one zero-padded.
-inline void pack_a(const SgemmOperand& a, Index i0, Index m, Index p0, Index kc, float* out) {
-    const __mmask16 panel_lanes = first_lanes(kMr);
-    for (Index ip = 0; ip < m; ip += kMr) {
-        const Index rows = std::min(kMr, m - ip);
-        float* panel = out + ip * kc;
-        if (a.transposed) {  // stored (K, M): the kMr values of one depth step are contiguous
-            const __mmask16 row_mask = first_lanes(rows);
-            for (Index p = 0; p < kc; ++p) {
-                const float* src = a.data + (p0 + p) * a.ld + i0 + ip;
-                _mm512_mask_storeu_ps(panel + p * kMr, panel_lanes, _mm512_maskz_loadu_ps(row_mask, src));
-            }
-        } else {  // stored (M, K): transpose 16 depth steps of the panel's rows at a time
-            const float* src = a.data + (i0 + ip) * a.ld + p0;
-            for (Index p = 0; p < kc; p += 16)
-                transpose_rows(src + p, a.ld, rows, std::min<Index>(16, kc - p), panel + p * kMr, kMr, panel_lanes);
-        }
-    }
-}
-
-// Depth [p0, p0 + kc) x columns [j0, j0 + n) of op(B) -> panels of kNr columns, each stored
-// k-major (kc x kNr), the last one zero-padded.
-inline void pack_b(const SgemmOperand& b, Index p0, Index kc, Index j0, Index n, float* out) {
-    for (Index jp = 0; jp < n; jp += kNr) {
-        const Index cols = std::min(kNr, n - jp);
-        float* panel = out + jp * kc;
-        if (!b.transposed) {  // stored (K, N): one depth step is a contiguous run of columns
-            const __mmask16 mask0 = first_lanes(cols), mask1 = cols > 16 ? first_lanes(cols - 16) : __mmask16(0);
-            for (Index p = 0; p < kc; ++p) {
-                const float* src = b.data + (p0 + p) * b.ld + j0 + jp;
-                float* dst = panel + p * kNr;
-                _mm512_store_ps(dst, _mm512_maskz_loadu_ps(mask0, src));
-                _mm512_store_ps(dst + 16, _mm512_maskz_loadu_ps(mask1, src + 16));
-            }
-        } else {  // stored (N, K), e.g. a Linear weight: transpose 16 columns x 16 depth steps
-            for (Index half = 0; half < kNr; half += 16) {
-                const Index count = std::min<Index>(16, cols - half);
-                if (count <= 0) {  // past the last column: padding
-                    for (Index p = 0; p < kc; ++p) _mm512_store_ps(panel + p * kNr + half, _mm512_setzero_ps());
-                    continue;
-                }
-                const float* src = b.data + (j0 + jp + half) * b.ld + p0;
-                for (Index p = 0; p < kc; p += 16)
-                    transpose_rows(src + p, b.ld, count, std::min<Index>(16, kc - p), panel + p * kNr + half, kNr,
-                                   __mmask16(0xFFFF));
-            }
-        }
-    }
-}
-
-// C[0:m, 0:n] (row stride ldc) = (or +=, when add) a_panel (kc x kMr)^T b_panel (kc x kNr).
-inline void micro_kernel(Index kc, const float* a_panel, const float* b_panel, float* c, Index ldc, Index m,
-                         Index n, bool add) {
-    __m512 acc[kMr][2];
-    for (Index r = 0; r < kMr; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (Index p = 0; p < kc; ++p) {
-        const __m512 b0 = _mm512_load_ps(b_panel + p * kNr);
-        const __m512 b1 = _mm512_load_ps(b_panel + p * kNr + 16);
-        const float* a = a_panel + p * kMr;
-        for (Index r = 0; r < kMr; ++r) {
-            const __m512 av = _mm512_set1_ps(a[r]);
-            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
-        }
-    }
-    const __mmask16 mask0 = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u);
-    const __mmask16 mask1 = n >= 32 ? __mmask16(0xFFFF) : n <= 16 ? __mmask16(0) : __mmask16((1u << (n - 16)) - 1u);
-    for (Index r = 0; r < m; ++r) {
-        float* row = c + r * ldc;
-        __m512 v0 = acc[r][0], v1 = acc[r][1];
-        if (add) {
-            v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(mask0, row), v0);
-            v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(mask1, row + 16), v1);
-        }
-        _mm512_mask_storeu_ps(row, mask0, v0);
-        _mm512_mask_storeu_ps(row + 16, mask1, v1);
-    }
-}
-
-// ---- few rows times a weight stored (N, K): dot products, nothing packed ---------------------
-//
-// With a handful of rows (one image in the ViT, a short prompt) packing op(B) = W^T costs as much
-// as the product: every weight is transposed to be used a few dozen times. Here C[i, j] is the
-// dot product of row i of A and row j of W, both contiguous along k: a tile of kDotRows x
-// kDotCols dot products keeps 16-wide partial sums in 24 registers and reduces them at the end,
-// 16 at a time (sum16). Measured on 37 x 512 x 1536 (one image through the seemore ViT): 180
-// GFLOP/s on one core, against 69 before the register and reduction fixes below.
-
-inline constexpr Index kDotRows = 4;
-inline constexpr Index kDotCols = 6;
-inline constexpr Index kDotKc = 1024;
-
-// v[j] holds 16 partial sums of result j (j < 16); returns the vector of the 16 totals. Four
-// rounds of pairwise adds, each halving the partial sums per result.
-inline __m512 sum16(__m512 v[16]) {
-    __m512 b[8], c[4], d[2];
-    for (int i = 0; i < 8; ++i)  // b[i], in each 128-bit lane: v[2i] at 0, 2 and v[2i+1] at 1, 3
-        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 4; ++i)  // c[i], in each 128-bit lane: v[4i + m] at m
-        c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44),
-                             _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
-    for (int i = 0; i < 2; ++i)  // d[i]: lanes (0+1, 2+3) of c[2i], then of c[2i+1]
-        d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88),
-                             _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], 0x88), _mm512_shuffle_f32x4(d[0], d[1], 0xDD));
-}
-
-// Makes the compiler hold v in a register. Left alone, GCC folds each W load into every FMA that
-// uses it (one load per FMA instead of one per kDotRows FMAs), and the kernel then runs at the
-// speed of the load port: half the speed measured with this barrier.
-inline void keep_in_register(__m512& v) {
-#if defined(__GNUC__)
-    asm("" : "+v"(v));
-#else
-    (void)v;
-#endif
-}
-
-// C[0:rows, 0:cols] (+)= A[0:rows, :] W[0:cols, :]^T over k in [0, K); rows <= kDotRows,
-// cols <= kDotCols, A rows lda apart, W rows ldw apart. Every loop is unrolled in full so that
-// the accumulators live in registers (with a loop left rolled, GCC keeps acc in memory and
-// stores all 24 of them at every step). Each step with k in [pf_begin, pf_end) also prefetches
-// one line of each of the kDotCols rows of W at next_w (ldw apart).
-template <int rows, int cols>
-inline void dot_tile(Index K, const float* a, Index lda, const float* w, Index ldw, float* c, Index ldc, bool add,
-                     const float* next_w, Index pf_begin, Index pf_end) {
-    __m512 acc[rows][cols];
-#pragma GCC unroll 8
-    for (int r = 0; r < rows; ++r)
-#pragma GCC unroll 8
-        for (int j = 0; j < cols; ++j) acc[r][j] = _mm512_setzero_ps();
-    // Each step loads the rows' 16 values of A once and each W row once; the last step reads
-    // only the lanes left (masked loads give zeros beyond K).
-    Index k = 0;
-    for (; k + 16 <= K; k += 16) {
-        __m512 wv[cols];
-#pragma GCC unroll 8
-        for (int j = 0; j < cols; ++j) {
-            wv[j] = _mm512_loadu_ps(w + j * ldw + k);
-            keep_in_register(wv[j]);
-        }
-        if (k >= pf_begin && k < pf_end) {  // a line of each of the next W rows (see dot_kernel)
-#pragma GCC unroll 8
-            for (int j = 0; j < kDotCols; ++j)
-                _mm_prefetch(reinterpret_cast<const char*>(next_w + j * ldw + k), _MM_HINT_NTA);
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < rows; ++r) {
-            const __m512 av = _mm512_loadu_ps(a + r * lda + k);
-#pragma GCC unroll 8
-            for (int j = 0; j < cols; ++j) acc[r][j] = _mm512_fmadd_ps(av, wv[j], acc[r][j]);
-        }
-    }
-    if (k < K) {
-        const __mmask16 tail = first_lanes(K - k);
-        __m512 wv[cols];
-#pragma GCC unroll 8
-        for (int j = 0; j < cols; ++j) wv[j] = _mm512_maskz_loadu_ps(tail, w + j * ldw + k);
-#pragma GCC unroll 8
-        for (int r = 0; r < rows; ++r) {
-            const __m512 av = _mm512_maskz_loadu_ps(tail, a + r * lda + k);
-#pragma GCC unroll 8
-            for (int j = 0; j < cols; ++j) acc[r][j] = _mm512_fmadd_ps(av, wv[j], acc[r][j]);
-        }
-    }
-    // Sum each accumulator's 16 lanes, 16 accumulators at a time (sum16: a few shuffles per
-    // result rather than a full reduction each), into sums[r * cols + j].
-    constexpr int n = rows * cols, groups = (n + 15) / 16;
-    alignas(64) float sums[16 * groups];
-#pragma GCC unroll 2
-    for (int g = 0; g < groups; ++g) {
-        __m512 v[16];
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; ++i) v[i] = 16 * g + i < n ? acc[(16 * g + i) / cols][(16 * g + i) % cols] : _mm512_setzero_ps();
-        _mm512_store_ps(sums + 16 * g, sum16(v));
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < rows; ++r)
-#pragma GCC unroll 8
-        for (int j = 0; j < cols; ++j) c[r * ldc + j] = add ? c[r * ldc + j] + sums[r * cols + j] : sums[r * cols + j];
-}
-
-// Dispatches a tile of any size up to kDotRows x kDotCols to its compiled shape.
-template <int rows>
-inline void dot_tile_rows(Index cols, Index K, const float* a, Index lda, const float* w, Index ldw, float* c,
-                          Index ldc, bool add, const float* next_w, Index pf_begin, Index pf_end) {
-    switch (cols) {
-        case 1: dot_tile<rows, 1>(K, a, lda, w, ldw, c, ldc, add, next_w, pf_begin, pf_end); break;
-        case 2: dot_tile<rows, 2>(K, a, lda, w, ldw, c, ldc, add, next_w, pf_begin, pf_end); break;
-        case 3: dot_tile<rows, 3>(K, a, lda, w, ldw, c, ldc, add, next_w, pf_begin, pf_end); break;
-        case 4: dot_tile<rows, 4>(K, a, lda, w, ldw, c, ldc, add, next_w, pf_begin, pf_end); break;
-        case 5: dot_tile<rows, 5>(K, a, lda, w, ldw, c, ldc, add, next_w, pf_begin, pf_end); break;
-        default: dot_tile<rows, 6>(K, a, lda, w, ldw, c, ldc, add, next_w, pf_begin, pf_end); break;
-    }
-}
-
-// C (M x N) (+)= A (M x K, row-major, lda) W^T with W stored (N, K) row-major (ldw).
-inline void dot_kernel(Index M, Index N, Index K, const float* a, Index lda, const float* w, Index ldw, float* c,
-                       Index ldc, bool add) {
-    // Depth in blocks of kDotKc, so that a tile's rows of A and W (4 + 6 rows of kDotKc floats,
-    // 40 KB) stay in L1 while the tile is worked on.
-    for (Index k0 = 0; k0 < K; k0 += kDotKc) {
-        const Index kc = std::min(kDotKc, K - k0);
-        const bool acc = add || k0 > 0;
-        for (Index j = 0; j < N; j += kDotCols) {
-            const Index cols = std::min(kDotCols, N - j);
-            // While a column of tiles is worked on, its row tiles prefetch the next column's
-            // kDotCols rows of W, each tile a share of the depth, so that few requests are in
-            // flight at once. With W in memory (the ViT's weights, read once per caption) the
-            // product then waits for no load. Non-temporal: those weights pass through without
-            // pushing out of the caches what stays hot between calls (the decoder's). Measured on
-            // a caption, 2 threads: encode 3.5 -> 3.0 ms (one thread 5.6 -> 4.5 ms).
-            const float* next_w = j + 2 * kDotCols <= N ? w + (j + kDotCols) * ldw + k0 : nullptr;
-            const Index tiles = (M + kDotRows - 1) / kDotRows;
-            for (Index i = 0; i < M; i += kDotRows) {
-                const Index rows = std::min(kDotRows, M - i);
-                const Index tile = i / kDotRows;  // prefetches depth [pf_begin, pf_end), none without next_w
-                const Index pf_begin = kc * tile / tiles / 16 * 16;
-                const Index pf_end = next_w ? (kc * (tile + 1) / tiles + 15) / 16 * 16 : 0;
-                const float* ai = a + i * lda + k0;
-                const float* wj = w + j * ldw + k0;
-                float* cij = c + i * ldc + j;
-                switch (rows) {
-                    case 1: dot_tile_rows<1>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, next_w, pf_begin, pf_end); break;
-                    case 2: dot_tile_rows<2>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, next_w, pf_begin, pf_end); break;
-                    case 3: dot_tile_rows<3>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, next_w, pf_begin, pf_end); break;
-                    default: dot_tile_rows<4>(cols, kc, ai, lda, wj, ldw, cij, ldc, acc, next_w, pf_begin, pf_end); break;
-                }
-            }
-        }
-    }
-}
-
-// ---- one row (or a few) times a weight stored (N, K): the generation path ---------------------
-//
-// With a single token per step every weight is read once per product, so the product is bound by
-// streaming W from the caches or memory, not by arithmetic. W is walked four rows at a time, each
-// row in storage order: one load of a serves four independent FMA chains, and four streams are in
-// flight at once. Each row's dot product is kept as 16 partial sums in a register; the registers
-// of 16 rows are then summed across lanes together (sum16): a few shuffles per result instead of
-// a full reduction for each one. Measured on one core, fc1 then fc2 of a 128 -> 512 -> 128 expert,
-// against one row at a time: 6.5 -> 5.3 us with W in L2, 20.4 -> 13.4 us with W in memory (when
-// the memory bandwidth is not taken by other work on the machine; when it is, both are at ~20).
-
-inline constexpr Index kRowsPrefetchAhead = 2048;  // floats (8 KB) ahead in each row of W
-
-// Ask for the line kRowsPrefetchAhead floats ahead: the hardware prefetchers alone keep too few
-// lines in flight when W comes from memory. Prefetches never fault, so running past the end of W
-// is harmless.
-inline void prefetch_ahead(const float* p) {
-    _mm_prefetch(reinterpret_cast<const char*>(p + kRowsPrefetchAhead), _MM_HINT_T0);
-}
-
-// acc[0:G] = 16 partial sums each of a[0:K] . W[r, 0:K] for the G rows r of W at w, ldw apart.
-template <int G>
-inline void row_group(Index K, const float* a, const float* w, Index ldw, __m512* acc) {
-    __m512 sum[G];
-#pragma GCC unroll 4
-    for (int r = 0; r < G; ++r) sum[r] = _mm512_setzero_ps();
-    const Index k_full = K / 16 * 16;
-    for (Index k = 0; k < k_full; k += 16) {
-        const __m512 av = _mm512_loadu_ps(a + k);
-#pragma GCC unroll 4
-        for (int r = 0; r < G; ++r) {
-            prefetch_ahead(w + r * ldw + k);
-            sum[r] = _mm512_fmadd_ps(av, _mm512_loadu_ps(w + r * ldw + k), sum[r]);
-        }
-    }
-    if (k_full < K) {  // the last few k: masked loads give zeros beyond K
-        const __mmask16 tail = first_lanes(K - k_full);
-        const __m512 av = _mm512_maskz_loadu_ps(tail, a + k_full);
-#pragma GCC unroll 4
-        for (int r = 0; r < G; ++r)
-            sum[r] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, w + r * ldw + k_full), sum[r]);
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < G; ++r) acc[r] = sum[r];
-}
-
-// c[0:cols] (+)= a[0:K] . W[j, 0:K] for the `cols` (<= 16) rows of W starting at w, ldw apart.
-inline void row_times_block(Index K, const float* a, const float* w, Index ldw, Index cols, float* c, bool add) {
-    __m512 acc[16];
-    Index j = 0;
-    for (; j + 4 <= cols; j += 4) row_group<4>(K, a, w + j * ldw, ldw, acc + j);
-    for (; j < cols; ++j) row_group<1>(K, a, w + j * ldw, ldw, acc + j);
-    for (; j < 16; ++j) acc[j] = _mm512_setzero_ps();
-    __m512 total = sum16(acc);
-    const __mmask16 out = first_lanes(cols);
-    if (add) total = _mm512_add_ps(total, _mm512_maskz_loadu_ps(out, c));
-    _mm512_mask_storeu_ps(c, out, total);
-}
-
-// C (M x N) (+)= A (M x K, lda) W^T, W stored (N, K) (ldw), for a handful of rows M: each block
-// of 16 rows of W is multiplied by every row of A while it sits in L1.
-inline void rows_kernel(Index M, Index N, Index K, const float* a, Index lda, const float* w, Index ldw, float* c,
-                        Index ldc, bool add) {
-    for (Index j = 0; j < N; j += 16) {
-        const Index cols = std::min<Index>(16, N - j);
-        for (Index i = 0; i < M; ++i) row_times_block(K, a + i * lda, w + j * ldw, ldw, cols, c + i * ldc + j, add);
-    }
-}
-
-}  // namespace sgemm
-
-// Below this many rows, a product with a weight stored (N, K) skips packing (sgemm::dot_kernel).
-inline constexpr Index kSgemmDotMaxRows = 64;
 
 // C (M x N, row stride ldc) = op(A) op(B), or += when `accumulate`; op(A) is M x K, op(B) K x N.
+// Runs on `path` (default: the active one).
 inline void sgemm_kernel(Index M, Index N, Index K, const SgemmOperand& a, const SgemmOperand& b, float* c,
-                         Index ldc, bool accumulate) {
-    using namespace sgemm;
+                         Index ldc, bool accumulate, KernelPath path) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accumulate)
             for (Index i = 0; i < M; ++i) std::memset(c + i * ldc, 0, sizeof(float) * static_cast<std::size_t>(N));
         return;
     }
-    if (M < kSgemmDotMaxRows && b.transposed && !a.transposed) {
-        dot_kernel(M, N, K, a.data, a.ld, b.data, b.ld, c, ldc, accumulate);
-        return;
+    switch (path) {
+#if SEEMOE_X86_KERNELS
+        case KernelPath::avx512: avx512::sgemm(gemm_params(path), M, N, K, a, b, c, ldc, accumulate); return;
+        case KernelPath::avx2: avx2::sgemm(gemm_params(path), M, N, K, a, b, c, ldc, accumulate); return;
+#endif
+#if SEEMOE_NEON_KERNELS
+        case KernelPath::neon: neon::sgemm(gemm_params(path), M, N, K, a, b, c, ldc, accumulate); return;
+#endif
+        default: eigen_sgemm(M, N, K, a, b, c, ldc, accumulate); return;
     }
-    const Index nc_max = std::min(N, kNc);
-    float* b_packed = b_scratch().get(kKc * ((nc_max + kNr - 1) / kNr * kNr));
-    float* a_packed = a_scratch().get(kKc * ((std::min(M, kMc) + kMr - 1) / kMr * kMr));
-    for (Index j0 = 0; j0 < N; j0 += kNc) {
-        const Index nc = std::min(kNc, N - j0);
-        for (Index p0 = 0; p0 < K; p0 += kKc) {
-            const Index kc = std::min(kKc, K - p0);
-            const bool add = accumulate || p0 > 0;
-            pack_b(b, p0, kc, j0, nc, b_packed);
-            for (Index i0 = 0; i0 < M; i0 += kMc) {
-                const Index mc = std::min(kMc, M - i0);
-                pack_a(a, i0, mc, p0, kc, a_packed);
-                for (Index j = 0; j < nc; j += kNr) {
-                    const Index n = std::min(kNr, nc - j);
-                    for (Index i = 0; i < mc; i += kMr) {
-                        micro_kernel(kc, a_packed + i * kc, b_packed + j * kc, c + (i0 + i) * ldc + j0 + j, ldc,
-                                     std::min(kMr, mc - i), n, add);
-                    }
-                }
-            }
-        }
-    }
+}
+inline void sgemm_kernel(Index M, Index N, Index K, const SgemmOperand& a, const SgemmOperand& b, float* c,
+                         Index ldc, bool accumulate) {
+    sgemm_kernel(M, N, K, a, b, c, ldc, accumulate, active_kernel_path());
 }
 
 // C (M x N, row stride ldc) = A W^T, or += when `accumulate`, for a few rows M of A (lda) and W
-// stored (N, K) (ldw): the matrix-vector products of generation (sgemm::rows_kernel).
+// stored (N, K) (ldw): the matrix-vector products of generation.
+inline void sgemm_rows(Index M, Index N, Index K, const float* a, Index lda, const float* w, Index ldw, float* c,
+                       Index ldc, bool accumulate, KernelPath path) {
+    if (M <= 0 || N <= 0) return;
+    switch (path) {
+#if SEEMOE_X86_KERNELS
+        case KernelPath::avx512: avx512::rows(gemm_params(path), M, N, K, a, lda, w, ldw, c, ldc, accumulate); return;
+        case KernelPath::avx2: avx2::rows(gemm_params(path), M, N, K, a, lda, w, ldw, c, ldc, accumulate); return;
+#endif
+#if SEEMOE_NEON_KERNELS
+        case KernelPath::neon: neon::rows(gemm_params(path), M, N, K, a, lda, w, ldw, c, ldc, accumulate); return;
+#endif
+        default: eigen_sgemm(M, N, K, {a, lda, false}, {w, ldw, true}, c, ldc, accumulate); return;
+    }
+}
 inline void sgemm_rows(Index M, Index N, Index K, const float* a, Index lda, const float* w, Index ldw, float* c,
                        Index ldc, bool accumulate) {
-    sgemm::rows_kernel(M, N, K, a, lda, w, ldw, c, ldc, accumulate);
+    sgemm_rows(M, N, K, a, lda, w, ldw, c, ldc, accumulate, active_kernel_path());
 }
 
-#else
-
-inline constexpr bool kSgemmKernelAvailable = false;
-inline void sgemm_kernel(Index, Index, Index, const SgemmOperand&, const SgemmOperand&, float*, Index, bool) {}
-inline void sgemm_rows(Index, Index, Index, const float*, Index, const float*, Index, float*, Index, bool) {}
-
+// The FP32 FMA peak loop of `path` for `seemoe bench`: independent chains of vector FMAs,
+// `iterations` steps; returns a value to keep and sets `flops` to the FLOPs executed.
+inline float fma_peak_loop(KernelPath path, long iterations, double& flops) {
+    constexpr int kChains = 16;
+    switch (path) {
+#if SEEMOE_X86_KERNELS
+        case KernelPath::avx512: flops = 2.0 * 16 * kChains * static_cast<double>(iterations); return avx512::fma_loop(iterations);
+        case KernelPath::avx2: flops = 2.0 * 8 * kChains * static_cast<double>(iterations); return avx2::fma_loop(iterations);
 #endif
+#if SEEMOE_NEON_KERNELS
+        case KernelPath::neon: flops = 2.0 * 4 * kChains * static_cast<double>(iterations); return neon::fma_loop(iterations);
+#endif
+        default: break;
+    }
+    // Eigen's packet of the build's own instruction set.
+    using Packet = Eigen::internal::packet_traits<float>::type;
+    constexpr int kLanes = Eigen::internal::packet_traits<float>::size;
+    Packet acc[kChains];
+    for (int c = 0; c < kChains; ++c) acc[c] = Eigen::internal::pset1<Packet>(0.001f * static_cast<float>(c));
+    volatile float mul_value = 0.9999999f, add_value = 1e-7f;  // read once: calls cannot be folded
+    const float mul_read = mul_value, add_read = add_value;
+    const Packet mul = Eigen::internal::pset1<Packet>(mul_read), add = Eigen::internal::pset1<Packet>(add_read);
+    for (long i = 0; i < iterations; ++i)
+        for (int c = 0; c < kChains; ++c) acc[c] = Eigen::internal::pmadd(acc[c], mul, add);
+    float sum = 0;
+    for (int c = 0; c < kChains; ++c) sum += Eigen::internal::predux(acc[c]);
+    flops = 2.0 * kLanes * kChains * static_cast<double>(iterations);
+    return sum;
+}
 
-}  // namespace seemoe::detail
+}  // namespace detail
+
+}  // namespace seemoe

@@ -3,8 +3,9 @@
 // Every product goes through detail::gemm, straight on the tensors' own buffers: a transposed
 // operand is read in its stored layout, so nothing is copied. gemm cuts a big product into one
 // block of the result per thread (seemoe's pool, core/parallel.hpp; Eigen's own threading stays
-// off) and computes each block with the AVX-512 float kernel of gemm_kernel.hpp when the build
-// targets it, or with an Eigen product (`.noalias()`, no temporary) for double and other CPUs.
+// off) and computes each float block with the kernel gemm_kernel.hpp picked for this CPU
+// (AVX-512, AVX2/FMA or NEON), or with an Eigen product (`.noalias()`, no temporary) for double
+// and on the portable path.
 // A product of a few rows (one token in generation) runs as one matrix-vector product per row.
 // Backward is two more GEMMs per product, accumulated straight into the parents' grads.
 //
@@ -87,16 +88,29 @@ inline Index gemm_threads(Index work, Index per_thread = kGemmWorkPerThread) {
 // spin-waits after every packed panel, which collapses when the cores are shared with other
 // work, so seemoe keeps it switched off; see core/parallel.hpp.) The cut goes across the bigger
 // operand, so each thread packs only its share of it and the whole of the smaller one. Float
-// products use the AVX-512 kernel of gemm_kernel.hpp when the build targets it, others Eigen.
+// products use the kernel path of gemm_kernel.hpp chosen for this CPU, double products Eigen.
 template <typename T>
 void gemm(T* dst, const GemmOperand<T>& lhs, const GemmOperand<T>& rhs, bool accumulate) {
     const Index M = lhs.product_rows(), K = lhs.product_cols(), N = rhs.product_cols();
+    // Float products run on seemoe's kernel for this CPU unless the portable path (this Eigen
+    // code) is chosen; the path is read once per product, so all blocks take the same one.
+    const KernelPath path = std::is_same_v<T, float> ? active_kernel_path() : KernelPath::portable;
+    const bool kernels = path != KernelPath::portable;
     // Rows [r0, r0 + rows) x columns [c0, c0 + cols) of the result.
     auto block = [&](Index r0, Index rows, Index c0, Index cols) {
-        if constexpr (std::is_same_v<T, float> && kSgemmKernelAvailable) {
-            if (rows < kSmallGemmRows && rhs.transposed && !lhs.transposed) {
-                sgemm_rows(rows, cols, K, lhs.data + r0 * lhs.cols, lhs.cols, rhs.data + c0 * rhs.cols,
-                           rhs.cols, dst + r0 * N + c0, N, accumulate);
+        if constexpr (std::is_same_v<T, float>) {
+            if (kernels && rows < kSmallGemmRows && rhs.transposed && !lhs.transposed) {
+                sgemm_rows(rows, cols, K, lhs.data + r0 * lhs.cols, lhs.cols, rhs.data + c0 * rhs.cols, rhs.cols,
+                           dst + r0 * N + c0, N, accumulate, path);
+                return;
+            }
+            if (kernels && rows >= kSmallGemmRows) {
+                // Row r0 of op(A) and column c0 of op(B), in each operand's stored layout.
+                const SgemmOperand a{lhs.transposed ? lhs.data + r0 : lhs.data + r0 * lhs.cols, lhs.cols,
+                                     lhs.transposed};
+                const SgemmOperand b{rhs.transposed ? rhs.data + c0 * rhs.cols : rhs.data + c0, rhs.cols,
+                                     rhs.transposed};
+                sgemm_kernel(rows, cols, K, a, b, dst + r0 * N + c0, N, accumulate, path);
                 return;
             }
         }
@@ -116,13 +130,6 @@ void gemm(T* dst, const GemmOperand<T>& lhs, const GemmOperand<T>& rhs, bool acc
                     }
                 });
             });
-        } else if constexpr (std::is_same_v<T, float> && kSgemmKernelAvailable) {
-            // Row r0 of op(A) and column c0 of op(B), in each operand's stored layout.
-            const SgemmOperand a{lhs.transposed ? lhs.data + r0 : lhs.data + r0 * lhs.cols, lhs.cols,
-                                 lhs.transposed};
-            const SgemmOperand b{rhs.transposed ? rhs.data + c0 * rhs.cols : rhs.data + c0, rhs.cols,
-                                 rhs.transposed};
-            sgemm_kernel(rows, cols, K, a, b, dst + r0 * N + c0, N, accumulate);
         } else {
             MatrixMap<T> out(dst, M, N);
             with_gemm_operand(lhs, [&](const auto& l) {

@@ -1,0 +1,201 @@
+// Tests of the float matrix-product kernel paths (ops/gemm_kernel.hpp): every path this build can
+// run on this CPU (AVX-512, AVX2/FMA, NEON, portable) against a double reference on awkward sizes,
+// directly and through matmul/linear; the block sizes derived from the caches; choosing a path by
+// name (SEEMOE_KERNEL) and the errors for a bad one; reading cache sizes.
+#include <seemoe/seemoe.hpp>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#ifdef SEEMOE_CLI_PATH
+#include "cli_run.hpp"
+#endif
+
+using namespace seemoe;
+
+namespace {
+
+// Restores the kernel path and thread count a test changed.
+struct KernelPathGuard {
+    KernelPath saved_path = active_kernel_path();
+    int saved_threads = num_threads();
+    ~KernelPathGuard() {
+        set_kernel_path(saved_path);
+        set_num_threads(saved_threads);
+    }
+};
+
+std::vector<float> uniform(Index n, Rng& rng) {
+    std::vector<float> v(static_cast<std::size_t>(n));
+    for (float& x : v) x = static_cast<float>(rng.uniform() * 2.0 - 1.0);
+    return v;
+}
+
+// Largest |c - (c0 + op(A) op(B))| / (sum |terms| + 1e-3) over C (M x N, ldc), in double; c0 is
+// C's content before the product when `accumulate`, else 0.
+double worst_error(Index M, Index N, Index K, const std::vector<float>& a, bool ta, const std::vector<float>& b,
+                   bool tb, const std::vector<float>& c0, bool accumulate, const std::vector<float>& c, Index ldc) {
+    double worst = 0;
+    for (Index i = 0; i < M; ++i)
+        for (Index j = 0; j < N; ++j) {
+            const double start = accumulate ? c0[static_cast<std::size_t>(i * ldc + j)] : 0.0;
+            double ref = start, mag = std::fabs(start);
+            for (Index k = 0; k < K; ++k) {
+                const double x = ta ? a[static_cast<std::size_t>(k * M + i)] : a[static_cast<std::size_t>(i * K + k)];
+                const double y = tb ? b[static_cast<std::size_t>(j * K + k)] : b[static_cast<std::size_t>(k * N + j)];
+                ref += x * y;
+                mag += std::fabs(x * y);
+            }
+            worst = std::max(worst, std::fabs(c[static_cast<std::size_t>(i * ldc + j)] - ref) / (mag + 1e-3));
+        }
+    return worst;
+}
+
+}  // namespace
+
+TEST_CASE("every kernel path agrees with a double reference on awkward sizes", "[ops][perf][kernels]") {
+    Rng rng(16);
+    const std::vector<KernelPath> paths = available_kernel_paths();
+    REQUIRE(!paths.empty());
+    CHECK(paths.back() == KernelPath::portable);  // always there, always last
+    for (KernelPath path : paths) {
+        // Rows: one, fewer than a micro-tile, a tile and a bit, many tiles and an edge. Depth 1 and
+        // 1500 (more than one depth block on every path). Columns: one, and an edge past 32.
+        for (Index M : {1, 7, 33, 511})
+            for (Index K : {1, 1500})
+                for (Index N : {1, 45})
+                    for (int ta = 0; ta < 2; ++ta)
+                        for (int tb = 0; tb < 2; ++tb)
+                            for (int accumulate = 0; accumulate < 2; ++accumulate) {
+                                const std::vector<float> a = uniform(M * K, rng), b = uniform(K * N, rng);
+                                const Index ldc = N + 3;  // C rows further apart than N: the kernel keeps to its block
+                                const std::vector<float> c0 = uniform(M * ldc, rng);
+                                std::vector<float> c = c0;
+                                const detail::SgemmOperand op_a{a.data(), ta ? M : K, ta != 0};
+                                const detail::SgemmOperand op_b{b.data(), tb ? K : N, tb != 0};
+                                detail::sgemm_kernel(M, N, K, op_a, op_b, c.data(), ldc, accumulate != 0, path);
+                                INFO("path " << kernel_path_name(path) << " M " << M << " N " << N << " K " << K
+                                             << " ta " << ta << " tb " << tb << " accumulate " << accumulate);
+                                CHECK(worst_error(M, N, K, a, ta != 0, b, tb != 0, c0, accumulate != 0, c, ldc) < 1e-6);
+                                for (Index i = 0; i < M; ++i)  // the 3 columns past N untouched
+                                    for (Index j = N; j < ldc; ++j)
+                                        CHECK(c[static_cast<std::size_t>(i * ldc + j)] ==
+                                              c0[static_cast<std::size_t>(i * ldc + j)]);
+                                if (ta == 0 && tb == 1) {  // the few-row kernel of generation, same product
+                                    std::vector<float> r = c0;
+                                    detail::sgemm_rows(M, N, K, a.data(), K, b.data(), K, r.data(), ldc,
+                                                       accumulate != 0, path);
+                                    CHECK(worst_error(M, N, K, a, false, b, true, c0, accumulate != 0, r, ldc) < 1e-6);
+                                }
+                            }
+    }
+}
+
+TEST_CASE("matmul and linear give the reference product on every kernel path, on 1 and 2 threads",
+          "[ops][perf][kernels]") {
+    KernelPathGuard guard;
+    Rng rng(61);
+    for (KernelPath path : available_kernel_paths()) {
+        set_kernel_path(path);
+        REQUIRE(active_kernel_path() == path);
+        for (int threads : {1, 2}) {
+            set_num_threads(threads);
+            for (Index M : {1, 7, 33, 511}) {
+                const Index K = 1500, N = 70;
+                const Tensorf x = Tensorf::rand({M, K}, rng, -1.f, 1.f);  // (M, K)
+                const Tensorf w = Tensorf::rand({N, K}, rng, -1.f, 1.f);  // (N, K)
+                const Tensorf y = linear(x, w, Tensorf());                // (M, N)
+                const Tensorf z = matmul(x, w, false, true);              // (M, N)
+                const std::vector<float> a = x.to_vector(), b = w.to_vector(), none;
+                INFO("path " << kernel_path_name(path) << " threads " << threads << " M " << M);
+                CHECK(worst_error(M, N, K, a, false, b, true, none, false, y.to_vector(), N) < 1e-6);
+                CHECK(worst_error(M, N, K, a, false, b, true, none, false, z.to_vector(), N) < 1e-6);
+            }
+        }
+    }
+}
+
+TEST_CASE("block sizes follow the caches and the vector width", "[ops][kernels]") {
+    CpuInfo zen5;  // the AMD EPYC (Zen 5) VM: 48 KB L1d, 1 MB L2, 32 MB L3
+    zen5.l1d = 48 * 1024, zen5.l2 = 1024 * 1024, zen5.l3 = 32 * 1024 * 1024;
+    const GemmParams p = detail::derive_gemm_params(KernelPath::avx512, zen5);
+    // By hand: kc = 12288 floats * 2/3 / 32 = 256; mc = 262144 / 8 / 256 = 128 -> 120 (12s);
+    // nc = 8388608 / 8 / 256 = 4096; dot depth = 12288 * 5/6 / 10 = 1024; prefetch 12288 / 6.
+    CHECK(p.mr == 12);
+    CHECK(p.nr == 32);
+    CHECK(p.kc == 256);
+    CHECK(p.mc == 120);
+    CHECK(p.nc == 4096);
+    CHECK(p.dot_kc == 1024);
+    CHECK(p.prefetch_floats == 2048);
+
+    CpuInfo small;  // a 32 KB / 256 KB / 8 MB client core
+    small.l1d = 32 * 1024, small.l2 = 256 * 1024, small.l3 = 8 * 1024 * 1024;
+    for (KernelPath path : {KernelPath::avx512, KernelPath::avx2, KernelPath::neon}) {
+        for (const CpuInfo& cpu : {zen5, small}) {
+            const GemmParams q = detail::derive_gemm_params(path, cpu);
+            INFO(kernel_path_name(path) << " L1 " << cpu.l1d);
+            // accumulators + B registers + one for A fit in the register file
+            CHECK(q.mr * q.nr / q.vector_floats + q.nr / q.vector_floats + 1 <= (path == KernelPath::avx2 ? 16 : 32));
+            CHECK(q.kc % 16 == 0);
+            CHECK(q.kc * q.nr * 4 <= cpu.l1d * 2 / 3);  // a B micro-panel in two thirds of L1
+            CHECK(q.mc % q.mr == 0);
+            CHECK(q.mc * q.kc * 4 <= cpu.l2 / 8);  // the packed A block in an eighth of L2
+            CHECK(q.nc % q.nr == 0);
+            CHECK(q.nc * q.kc * 4 <= cpu.l3 / 8);
+        }
+        // A smaller L1 gives a shallower depth block.
+        CHECK(detail::derive_gemm_params(path, small).kc < detail::derive_gemm_params(path, zen5).kc);
+    }
+    CHECK(detail::derive_gemm_params(KernelPath::avx2, zen5).kc == 512);  // 12288 * 2/3 / 16
+    CHECK(detail::derive_gemm_params(KernelPath::neon, zen5).kc == 672);  // 12288 * 2/3 / 12 = 682 -> 672
+}
+
+TEST_CASE("kernel paths are chosen by name, and a bad name is an error naming SEEMOE_KERNEL", "[ops][kernels]") {
+    KernelPathGuard guard;
+    for (KernelPath path : available_kernel_paths()) CHECK(parse_kernel_path(kernel_path_name(path)) == path);
+    CHECK_THROWS_WITH(parse_kernel_path("avx3"), Catch::Contains("SEEMOE_KERNEL=avx3: unknown kernel path"));
+    for (KernelPath path : {KernelPath::avx512, KernelPath::avx2, KernelPath::neon}) {
+        if (kernel_path_available(path)) continue;
+        CHECK_THROWS_WITH(parse_kernel_path(kernel_path_name(path)), Catch::Contains("SEEMOE_KERNEL="));
+        CHECK_THROWS_WITH(set_kernel_path(path), Catch::Contains("[set_kernel_path]"));
+    }
+#if defined(__x86_64__)
+    CHECK(kernel_path_compiled(KernelPath::avx512));  // every x86-64 build carries both x86 kernels
+    CHECK(kernel_path_compiled(KernelPath::avx2));
+    CHECK(!kernel_path_compiled(KernelPath::neon));
+    CHECK(kernel_path_available(KernelPath::avx512) == cpu_info().avx512f);
+#elif defined(__aarch64__)
+    CHECK(kernel_path_available(KernelPath::neon));
+    CHECK(active_kernel_path() != KernelPath::portable);
+#endif
+    set_kernel_path(KernelPath::portable);
+    CHECK(active_kernel_path() == KernelPath::portable);
+}
+
+TEST_CASE("cache sizes are read in sysfs spelling, and every level has a size", "[core][kernels]") {
+    CHECK(detail::parse_cache_size("48K") == 48 * 1024);
+    CHECK(detail::parse_cache_size("1024K") == 1024 * 1024);
+    CHECK(detail::parse_cache_size("32M") == 32 * 1024 * 1024);
+    CHECK(detail::parse_cache_size("512") == 512);
+    CHECK(detail::parse_cache_size("") == 0);
+    const CpuInfo& cpu = cpu_info();
+    CHECK(cpu.l1d > 0);
+    CHECK(cpu.l2 > 0);
+    CHECK(cpu.l3 > 0);
+    CHECK(!cpu.cache_source.empty());
+    CHECK(!cpu.model.empty());
+}
+
+#ifdef SEEMOE_CLI_PATH
+TEST_CASE("cli: a bad SEEMOE_KERNEL is one error line, exit 2, before anything runs", "[cli][kernels]") {
+    using namespace cli_test;
+    const fs::path dir = scratch("bad_kernel");
+    check_error(run_cli(dir, "bench --preset tiny --steps 1", "SEEMOE_KERNEL=avx3"),
+                "SEEMOE_KERNEL=avx3: unknown kernel path");
+    check_error(run_cli(dir, train_tiny(dir / "run"), "SEEMOE_KERNEL=fast"), "SEEMOE_KERNEL=fast");
+    CHECK(!fs::exists(dir / "run"));
+}
+#endif
