@@ -688,9 +688,9 @@ TEST_CASE("augment: crop with padding and flip move pixels as stated, black outs
     CHECK(red(out) == std::vector<int>{30, 20, 10, 60, 50, 40, 90, 80, 70});
     CHECK(out[1] == 31);  // channels move together
     CHECK(out[2] == 32);
-    d.dx = 1;  // flip first, then the shift reads one further right in the input
+    d.dx = 1;  // output x reads input column (S-1-x) + dx: the mirrored column, one further right
     apply_augmentation(in.data(), 3, d, out.data());
-    CHECK(red(out) == std::vector<int>{20, 10, 0, 50, 40, 0, 80, 70, 0});
+    CHECK(red(out) == std::vector<int>{0, 30, 20, 0, 60, 50, 0, 90, 80});
 }
 
 TEST_CASE("augment: contrast around the image mean, then brightness, rounded and clipped", "[data]") {
