@@ -4,6 +4,9 @@
 // The input is the CSV text. Every base64 cell the decoder accepts re-encodes (base64_encode) to
 // text that decodes to the same bytes. A data set that loads has one caption per row and
 // 4 x 4 x 3 pixels per sample. Refused: seemoe::Error only.
+// The image limits are smaller than the defaults (1024 a side, 16 MiB decoded), as in
+// fuzz_image.cpp: a 20-byte TGA header may claim 4100 x 1089 pixels, which stb_image fills with
+// zeros, seconds per input under the sanitizers; the code that checks the limits is the same.
 #include <seemoe/core/parallel.hpp>
 #include <seemoe/data/base64.hpp>
 #include <seemoe/data/csv.hpp>
@@ -49,6 +52,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     fuzz::write_file(folder / "captions.csv", text);
     seemoe::data::DatasetOptions options;
     options.image_size = 4;
+    options.limits.max_side = 1024;
+    options.limits.max_decoded_bytes = std::uint64_t(16) << 20;
     seemoe::data::CaptionDataset dataset;
     try {
         dataset = seemoe::data::CaptionDataset::load(folder.string(), options);

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
@@ -266,6 +267,108 @@ TEST_CASE("image: undecodable, empty and missing files throw naming them", "[dat
     CHECK_THROWS_WITH(decode_image(truncated, "half.png"), Catch::Contains("cannot decode half.png"));
     CHECK_THROWS_WITH(load_image("/nonexistent/seemoe/a.png"),
                       Catch::Contains("cannot open '/nonexistent/seemoe/a.png'"));
+}
+
+namespace {
+
+// JPEG bytes written by stb_image_write (baseline, quality 90).
+std::vector<std::uint8_t> jpg_bytes(int w, int h, int comp, const std::vector<std::uint8_t>& pixels) {
+    std::vector<std::uint8_t> out;
+    auto append = [](void* context, void* data, int size) {
+        auto* bytes = static_cast<std::vector<std::uint8_t>*>(context);
+        bytes->insert(bytes->end(), static_cast<std::uint8_t*>(data), static_cast<std::uint8_t*>(data) + size);
+    };
+    REQUIRE(stbi_write_jpg_to_func(append, &out, w, h, comp, pixels.data(), 90) != 0);
+    return out;
+}
+
+// The offsets of the segments with `marker` before the first scan of a JPEG without fill bytes.
+std::vector<std::size_t> jpeg_segments(const std::vector<std::uint8_t>& jpg, std::uint8_t marker) {
+    std::vector<std::size_t> found;
+    for (std::size_t i = 2; i + 3 < jpg.size() && jpg[i] == 0xFF && jpg[i + 1] != 0xDA;
+         i += 2 + (std::size_t(jpg[i + 2]) << 8 | jpg[i + 3]))
+        if (jpg[i + 1] == marker) found.push_back(i);
+    return found;
+}
+
+// What stb_image decodes from the bytes as they are, without seemoe's screen.
+std::vector<std::uint8_t> stb_pixels(const std::vector<std::uint8_t>& bytes) {
+    int w = 0, h = 0, c = 0;
+    std::uint8_t* p = stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &c, 3);
+    REQUIRE(p != nullptr);
+    std::vector<std::uint8_t> rgb(p, p + static_cast<std::size_t>(w) * h * 3);
+    stbi_image_free(p);
+    return rgb;
+}
+
+std::vector<std::uint8_t> read_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    REQUIRE(in.good());
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+TEST_CASE("image: JPEGs decode to stb_image's own pixels through seemoe's Huffman table screen", "[data]") {
+    // decode_image hands stb_image every JPEG with all eight Huffman tables defined first; a file
+    // that defines the tables it uses must decode exactly as stb_image decodes it unscreened.
+    std::vector<std::uint8_t> rgb(24 * 16 * 3), gray(24 * 16);
+    for (std::size_t i = 0; i < rgb.size(); ++i) rgb[i] = static_cast<std::uint8_t>((i * 37) % 251);
+    for (std::size_t i = 0; i < gray.size(); ++i) gray[i] = static_cast<std::uint8_t>((i * 11) % 256);
+    // progressive.jpg: Pillow's progressive JPEG (9x7), whose first scan names AC table 0 before
+    // any DHT defines it (a DC scan does not use it: must not be refused).
+    const std::vector<std::vector<std::uint8_t>> files = {
+        jpg_bytes(24, 16, 3, rgb), jpg_bytes(24, 16, 1, gray),
+        read_bytes(source_dir() + "/tests/data/jpeg/progressive.jpg")};
+    for (std::size_t f = 0; f < files.size(); ++f) {
+        INFO("file " << f);
+        const Image image = decode_image(files[f], "ok.jpg");
+        CHECK(image.rgb == stb_pixels(files[f]));
+        // Fill bytes before the start-of-image marker are allowed (stb_image skips them).
+        std::vector<std::uint8_t> filled = {0xFF, 0xFF};
+        filled.insert(filled.end(), files[f].begin(), files[f].end());
+        CHECK(decode_image(filled, "filled.jpg").rgb == image.rgb);
+    }
+}
+
+TEST_CASE("image: JPEG Huffman tables stb_image 2.27 mishandles are refused naming the file", "[data]") {
+    // undefined_huffman_table.jpg: found by fuzz/fuzz_image.cpp (a mutated progressive.jpg). Its
+    // third scan decodes with AC table 1, defined only later in the file; stb_image 2.27 reads
+    // that table's uninitialised memory and indexed its symbols at -84 in the fuzz run.
+    CHECK_THROWS_WITH(
+        decode_image(read_bytes(source_dir() + "/tests/data/jpeg/undefined_huffman_table.jpg"), "fuzzed.jpg"),
+        Catch::Contains("cannot decode fuzzed.jpg: a JPEG scan uses AC Huffman table 1, which no DHT segment "
+                        "before it defines: corrupt JPEG"));
+
+    // A baseline JPEG without its DHT segments: its scan needs DC table 0 first.
+    const std::vector<std::uint8_t> jpg = jpg_bytes(8, 8, 3, std::vector<std::uint8_t>(8 * 8 * 3, 120));
+    const std::vector<std::size_t> dht = jpeg_segments(jpg, 0xC4);
+    REQUIRE(!dht.empty());
+    std::vector<std::uint8_t> no_tables;
+    std::size_t from = 0;
+    for (const std::size_t at : dht) {
+        no_tables.insert(no_tables.end(), jpg.begin() + from, jpg.begin() + at);
+        from = at + 2 + (std::size_t(jpg[at + 2]) << 8 | jpg[at + 3]);
+    }
+    no_tables.insert(no_tables.end(), jpg.begin() + from, jpg.end());
+    CHECK_THROWS_WITH(decode_image(no_tables, "bare.jpg"),
+                      Catch::Contains("bare.jpg: a JPEG scan uses DC Huffman table 0, which no DHT segment"));
+
+    // Counts adding up to more than 256 symbols (stb_image 2.27 would write past its table): the
+    // first table's 16-bit count raised by 255.
+    std::vector<std::uint8_t> too_many = jpg;
+    std::size_t symbols = 0;
+    for (int k = 1; k <= 16; ++k) symbols += too_many[dht[0] + 4 + k];
+    too_many[dht[0] + 4 + 16] = static_cast<std::uint8_t>(too_many[dht[0] + 4 + 16] + 255);
+    REQUIRE(too_many[dht[0] + 4 + 16] == 255);  // it was 0: the sum is now symbols + 255
+    CHECK_THROWS_WITH(decode_image(too_many, "many.jpg"),
+                      Catch::Contains("many.jpg: a JPEG Huffman table lists " + std::to_string(symbols + 255) +
+                                      " symbols (at most 256): corrupt JPEG"));
+
+    // Formats stb_image would try besides the five seemoe reads are refused by their signature.
+    CHECK_THROWS_WITH(decode_image(std::vector<std::uint8_t>{'P', '6', '\n', '1', ' ', '1', '\n', '2', '5', '5', '\n', 1, 2, 3},
+                                   "a.ppm"),
+                      Catch::Contains("a.ppm is a PNM (PGM/PPM) image; seemoe reads PNG, JPEG, BMP, GIF and TGA"));
 }
 
 // ---- resize and normalisation --------------------------------------------------------------

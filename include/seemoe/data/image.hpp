@@ -17,8 +17,9 @@
 // Fuzzing (fuzz/fuzz_image.cpp) found defects in the stb_image in use (2.27, Debian 12's libstb),
 // so the bytes are screened before it sees them (detail::check_known_decoder_defects): the other
 // formats stb_image would try (PSD, PIC, PNM, HDR: never promised, and where it overflows integers)
-// are refused by their signature, and JPEG Huffman tables that would make it write out of bounds
-// are refused as corrupt.
+// are refused by their signature; a JPEG whose Huffman tables would make it write or read out of
+// bounds (too many symbols, a scan using a table never defined) is refused as corrupt, and every
+// JPEG is handed to it with all eight tables defined first.
 //
 // stb_image is used through its declarations only: this header never defines
 // STB_IMAGE_IMPLEMENTATION; the implementation comes from the stb library the target links
@@ -64,19 +65,45 @@ struct ImageLimits {
 
 namespace seemoe::detail {
 
-// stb_image 2.27 (Debian 12's libstb) trusts the 16 code counts of a JPEG Huffman table (DHT
-// segment): counts adding up to more than 256 symbols make it write past its 257-entry table. Such
-// a table is corrupt (JPEG allows at most 256 symbols), so it is refused here. The walk follows
-// the marker structure the way stb_image reads it: fill bytes (0xFF 0xFF) skipped, segments
-// skipped by their length, entropy-coded data scanned byte by byte for the next marker
-// (0xFF 0x00 is a stuffed byte, 0xFF 0xD0-D7 a restart marker), bytes past the end read as 0.
-inline void check_jpeg_huffman_tables(const std::uint8_t* bytes, std::size_t n, const std::string& name) {
+// stb_image 2.27 (Debian 12's libstb) has two JPEG Huffman table defects, both screened here:
+//  - it trusts the 16 code counts of a table (DHT segment): counts adding up to more than 256
+//    symbols make it write past its 257-entry table. JPEG allows at most 256: refused as corrupt.
+//  - a table is built only when a DHT segment defines it, yet a scan (SOS) may name any of the
+//    4 DC and 4 AC tables: one that no DHT defined is the decoder's uninitialised memory, and
+//    stbi__jpeg_huff_decode then computes a symbol index outside [0, 256) and reads before or
+//    past its tables (found by fuzz/fuzz_image.cpp: index -84; stb_image 2.28 added a bound
+//    check). A scan that decodes with an undefined table is refused as corrupt, and, so that the
+//    guarantee does not rest on this walk reading the file exactly as stb_image does,
+//    jpeg_with_default_huffman_tables defines all eight tables before the file's own (below).
+// A table that stbi__build_huffman did build (n <= 256 symbols) keeps the index inside [0, n):
+// the slow path picks the shortest length k >= 10 whose largest code + 1 (maxcode) exceeds the
+// next k bits, so those bits are below the end of the length-k codes and, as they were not
+// below maxcode[k - 1] (or, for k = 10, matched no shorter code in the 9-bit fast table), not
+// below the first length-k code; the index is the first length-k symbol's plus their distance
+// from that code. The one exception, symbol 255 of a 256-symbol table whose code is at most 9
+// bits (the fast table's "no entry" mark is 255), gives an index in [252, 256): 256 codes of at
+// most s bits need s >= 8.
+// The walk follows the marker structure the way stb_image reads it: fill bytes (0xFF 0xFF)
+// skipped, segments skipped by their length, entropy-coded data scanned byte by byte for the next
+// marker (0xFF 0x00 is a stuffed byte, 0xFF 0xD0-D7 a restart marker), bytes past the end read
+// as 0. Which tables a scan decodes with is stb_image's rule: sequential frames (SOF0, SOF1) the
+// DC and AC table of every component in the scan; progressive frames (SOF2) the DC table in a
+// first DC scan (Ss = 0, Ah = 0), none in a DC refinement scan, the AC table in an AC scan.
+// Returns the offset just past the start-of-image marker, or 0 when the bytes are not a JPEG.
+inline std::size_t check_jpeg_huffman_tables(const std::uint8_t* bytes, std::size_t n, const std::string& name) {
     const auto at = [&](std::size_t i) -> std::uint8_t { return i < n ? bytes[i] : 0; };
     std::size_t i = 0;
-    if (at(0) != 0xFF) return;
+    if (at(0) != 0xFF) return 0;
     while (at(i) == 0xFF && i < n) ++i;
-    if (at(i) != 0xD8) return;  // no start-of-image marker: not a JPEG
-    ++i;
+    if (at(i) != 0xD8) return 0;  // no start-of-image marker: not a JPEG
+    const std::size_t body = ++i;
+    bool defined[2][4] = {};  // [DC = 0, AC = 1][table id]
+    int frame = 0;            // the first SOF0/1/2 marker: stb_image decodes by it
+    const auto require = [&](int ac, int id) {
+        SEEMOE_CHECK(defined[ac][id], "[decode_image] cannot decode ", name, ": a JPEG scan uses ",
+                     ac ? "AC" : "DC", " Huffman table ", id,
+                     ", which no DHT segment before it defines: corrupt JPEG");
+    };
     while (i + 1 < n) {
         if (bytes[i] != 0xFF) {  // entropy-coded data or padding
             ++i;
@@ -91,23 +118,60 @@ inline void check_jpeg_huffman_tables(const std::uint8_t* bytes, std::size_t n, 
             i += 2;
             continue;
         }
-        if (marker == 0xD9) return;  // end of image
+        if (marker == 0xD9) break;  // end of image
         const std::size_t length = (std::size_t(at(i + 2)) << 8) | at(i + 3);
-        if (marker == 0xC4) {
+        if (marker == 0xC4) {  // DHT: tables of (class << 4 | id, 16 counts, symbols)
             std::size_t table = i + 4;
             for (long left = static_cast<long>(length) - 2; left > 0;) {
                 std::size_t symbols = 0;
                 for (std::size_t k = 1; k <= 16; ++k) symbols += at(table + k);
                 SEEMOE_CHECK(symbols <= 256, "[decode_image] cannot decode ", name, ": a JPEG Huffman table lists ",
                              symbols, " symbols (at most 256): corrupt JPEG");
+                const int table_class = at(table) >> 4, id = at(table) & 15;
+                if (table_class <= 1 && id <= 3) defined[table_class][id] = true;  // else stb_image refuses
                 table += 17 + symbols;
                 left -= static_cast<long>(17 + symbols);
+            }
+        } else if (frame == 0 && (marker == 0xC0 || marker == 0xC1 || marker == 0xC2)) {
+            frame = marker;
+        } else if (marker == 0xDA && frame != 0) {  // SOS: count, (component, DC << 4 | AC) each, Ss, Se, Ah << 4 | Al
+            const std::size_t count = at(i + 4);
+            const std::uint8_t spectral_start = at(i + 5 + 2 * count), high_bit = at(i + 7 + 2 * count) >> 4;
+            for (std::size_t c = 0; c < count; ++c) {
+                const int dc = at(i + 6 + 2 * c) >> 4, ac = at(i + 6 + 2 * c) & 15;
+                if (dc > 3 || ac > 3) continue;  // stb_image refuses the scan
+                const bool progressive = frame == 0xC2;
+                if (!progressive || (spectral_start == 0 && high_bit == 0)) require(0, dc);
+                if (!progressive || spectral_start != 0) require(1, ac);
             }
         }
         i += 2 + length;
     }
+    return body;
 }
 
+// The JPEG handed to stb_image: the start-of-image marker, one DHT segment defining all eight
+// tables (one symbol, 0, with the 1-bit code 0: a code starting with 1 is "bad huffman code"),
+// then the file from `body` (past its own start-of-image marker) on. stb_image processes the
+// markers in order, so every table is built before any scan, and a DHT of the file replaces the
+// table it defines completely (counts, codes, fast tables, its symbols; symbols past its count
+// are never indexed, see above): a file that defines what it uses decodes to the same pixels.
+inline std::vector<std::uint8_t> jpeg_with_default_huffman_tables(const std::uint8_t* bytes, std::size_t n,
+                                                                  std::size_t body) {
+    constexpr std::size_t tables = 8, table_bytes = 1 + 16 + 1;
+    constexpr std::size_t segment = 2 + tables * table_bytes;  // the length field counts itself
+    std::vector<std::uint8_t> out = {0xFF, 0xD8, 0xFF, 0xC4, std::uint8_t(segment >> 8), std::uint8_t(segment & 0xFF)};
+    out.reserve(out.size() + tables * table_bytes + (n - body));
+    for (std::uint8_t table_class = 0; table_class <= 1; ++table_class)
+        for (std::uint8_t id = 0; id <= 3; ++id) {
+            out.push_back(static_cast<std::uint8_t>(table_class << 4 | id));
+            out.push_back(1);                       // one code of length 1
+            out.insert(out.end(), 15, 0);           // none longer
+            out.push_back(0);                       // its symbol
+        }
+    out.insert(out.end(), bytes + body, bytes + n);
+    return out;
+}
 // The formats stb_image tries besides the five seemoe reads, by the signature stb_image tests
 // them with: refused, so their decoders never run. nullptr for anything else.
 inline const char* unsupported_image_format(const std::uint8_t* bytes, std::size_t n) {
@@ -120,11 +184,12 @@ inline const char* unsupported_image_format(const std::uint8_t* bytes, std::size
 }
 
 // Screens `bytes` for the inputs known to make the linked stb_image misbehave (see above).
-inline void check_known_decoder_defects(const std::uint8_t* bytes, std::size_t n, const std::string& name) {
+// Returns check_jpeg_huffman_tables' offset: past the start-of-image marker of a JPEG, else 0.
+inline std::size_t check_known_decoder_defects(const std::uint8_t* bytes, std::size_t n, const std::string& name) {
     const char* format = unsupported_image_format(bytes, n);
     SEEMOE_CHECK(format == nullptr, "[decode_image] ", name, " is ", format,
                  "; seemoe reads PNG, JPEG, BMP, GIF and TGA (convert it, e.g. to PNG)");
-    check_jpeg_huffman_tables(bytes, n, name);
+    return check_jpeg_huffman_tables(bytes, n, name);
 }
 
 }  // namespace seemoe::detail
@@ -140,7 +205,7 @@ inline Image decode_image(const std::uint8_t* bytes, std::size_t n, const std::s
                  " bytes an image file may have");
     int width = 0, height = 0, channels_in_file = 0;
     const int length = static_cast<int>(n);
-    detail::check_known_decoder_defects(bytes, n, name);
+    const std::size_t jpeg_body = detail::check_known_decoder_defects(bytes, n, name);
     // The size first, from the header alone, so the limits hold before stb_image allocates.
     SEEMOE_CHECK(stbi_info_from_memory(bytes, length, &width, &height, &channels_in_file) == 1,
                  "[decode_image] cannot decode ", name, ": ", stbi_failure_reason(),
@@ -151,8 +216,17 @@ inline Image decode_image(const std::uint8_t* bytes, std::size_t n, const std::s
                          limits.max_decoded_bytes,
                  "[decode_image] ", name, " is ", width, "x", height, " pixels, more than allowed (at most ",
                  limits.max_side, " a side and ", limits.max_decoded_bytes >> 20, " MiB decoded)");
+    // A JPEG is decoded with every Huffman table defined first (see check_jpeg_huffman_tables):
+    // one copy of the encoded bytes, small next to the decoded pixels.
+    std::vector<std::uint8_t> jpeg;
+    if (jpeg_body != 0) jpeg = detail::jpeg_with_default_huffman_tables(bytes, n, jpeg_body);
+    SEEMOE_CHECK(jpeg.size() <= static_cast<std::size_t>(INT_MAX), "[decode_image] ", name, ": ", n,
+                 " bytes is more than the ", INT_MAX, " bytes stb_image reads");
     // Asking for 3 channels makes stb_image do the gray -> RGB and RGBA -> RGB conversions.
-    std::uint8_t* pixels = stbi_load_from_memory(bytes, length, &width, &height, &channels_in_file, 3);
+    std::uint8_t* pixels =
+        jpeg.empty() ? stbi_load_from_memory(bytes, length, &width, &height, &channels_in_file, 3)
+                     : stbi_load_from_memory(jpeg.data(), static_cast<int>(jpeg.size()), &width, &height,
+                                             &channels_in_file, 3);
     SEEMOE_CHECK(pixels != nullptr, "[decode_image] cannot decode ", name, ": ", stbi_failure_reason(),
                  " (supported: PNG, JPEG, BMP, GIF, TGA)");
     Image image;
