@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gradcheck.hpp"
+#include "tiny_vlm.hpp"
 
 using namespace seemoe;
 using seemoe::testing::grad_input;
@@ -387,29 +388,10 @@ TEST_CASE("SparseMoE with capacity: a huge capacity is dropless bit for bit, sma
 
 namespace {
 nn::VLMConfig small_vlm(double capacity_factor) {
-    nn::VLMConfig c;
-    c.vision.image_size = 8;
-    c.vision.patch_size = 4;
-    c.vision.dim = 8;
-    c.vision.n_blocks = 1;
-    c.vision.n_heads = 2;
-    c.vision.mlp_ratio = 2;
-    c.vision.dropout = 0.0;
-    c.decoder.vocab_size = 7;
-    c.decoder.n_embd = 8;
-    c.decoder.n_head = 2;
-    c.decoder.n_layer = 2;
-    c.decoder.num_experts = 4;
-    c.decoder.top_k = 2;
-    c.decoder.expert_ratio = 2;
-    c.decoder.block_size = 24;
-    c.decoder.dropout = 0.0;
+    nn::VLMConfig c = testing::tiny_vlm_config();
     c.decoder.capacity_factor = capacity_factor;
     c.decoder.eval_capacity_factor = capacity_factor;
     c.visual_tokens = nn::VisualTokens::Patches;  // 4 visual tokens + <bos>: a 5-token prompt
-    c.pad_id = 0;
-    c.bos_id = 1;
-    c.eos_id = 2;
     return c;
 }
 }  // namespace

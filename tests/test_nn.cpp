@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "gradcheck.hpp"
+#include "tiny_vlm.hpp"
 
 using namespace seemoe;
 using seemoe::testing::grad_input;
@@ -14,25 +15,10 @@ using seemoe::testing::gradcheck;
 
 namespace {
 
-// A tiny VLM for checks: 8x8 images, 4x4 patches, widths 8.
+// A tiny VLM for checks (tiny_vlm.hpp) with room for 32 positions.
 nn::VLMConfig tiny_config(nn::VisualTokens visual = nn::VisualTokens::CLS) {
-    nn::VLMConfig c;
-    c.vision.image_size = 8;
-    c.vision.patch_size = 4;
-    c.vision.dim = 8;
-    c.vision.n_blocks = 1;
-    c.vision.n_heads = 2;
-    c.vision.mlp_ratio = 2;
-    c.vision.dropout = 0.0;
-    c.decoder.vocab_size = 7;
-    c.decoder.n_embd = 8;
-    c.decoder.n_head = 2;
-    c.decoder.n_layer = 2;
-    c.decoder.num_experts = 4;
-    c.decoder.top_k = 2;
-    c.decoder.expert_ratio = 2;
+    nn::VLMConfig c = testing::tiny_vlm_config();
     c.decoder.block_size = 32;
-    c.decoder.dropout = 0.0;
     c.visual_tokens = visual;
     return c;
 }

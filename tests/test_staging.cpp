@@ -9,34 +9,18 @@
 #include <vector>
 
 #include "temp_dir.hpp"
+#include "tiny_vlm.hpp"
 
 using namespace seemoe;
 
 namespace {
 
 nn::VLMConfig staged_vlm(Index num_experts, Index top_k, nn::RouterType router = nn::RouterType::NoisyTopK) {
-    nn::VLMConfig c;
-    c.vision.image_size = 8;
-    c.vision.patch_size = 4;
-    c.vision.dim = 8;
-    c.vision.n_blocks = 1;
-    c.vision.n_heads = 2;
-    c.vision.mlp_ratio = 2;
-    c.vision.dropout = 0.0;
-    c.decoder.vocab_size = 7;
-    c.decoder.n_embd = 8;
-    c.decoder.n_head = 2;
-    c.decoder.n_layer = 2;
+    nn::VLMConfig c = testing::tiny_vlm_config();
     c.decoder.num_experts = num_experts;
     c.decoder.top_k = top_k;
-    c.decoder.expert_ratio = 2;
-    c.decoder.block_size = 24;
-    c.decoder.dropout = 0.0;
     c.decoder.router = router;
     c.visual_tokens = nn::VisualTokens::Patches;
-    c.pad_id = 0;
-    c.bos_id = 1;
-    c.eos_id = 2;
     return c;
 }
 
