@@ -473,6 +473,25 @@ TEST_CASE("the model's trace sums the auxiliary losses over the MoE layers", "[n
     // Its gradient reaches the routers.
     with_aux.balance_loss.backward();
     CHECK(model.decoder.blocks[0].moe.router.route.weight.has_grad());
+
+    // The sum itself: two layers' outputs added to a trace give the sum of their losses.
+    nn::MoETrace<double> trace;
+    std::vector<double> balance, z;
+    for (std::uint64_t seed : {65, 66}) {
+        Rng r(seed);
+        nn::SparseMoE<double> moe(8, 4, 2, 16, 0.0, r);
+        const Tensord x = Tensord::randn({6, 8}, r);  // (N, C)
+        nn::MoERequest request;
+        request.aux_losses = true;
+        nn::MoEOutput<double> out = moe.forward_with_stats(x, r, request);
+        balance.push_back(out.balance_loss.item());
+        z.push_back(out.z_loss.item());
+        trace.add(out);
+    }
+    CHECK(trace.layers.size() == 2);
+    CHECK(balance[0] != balance[1]);
+    CHECK(trace.balance_loss.item() == balance[0] + balance[1]);
+    CHECK(trace.z_loss.item() == z[0] + z[1]);
 }
 
 TEST_CASE("the MoE routing fields in the checkpoint JSON: written when set, optional when reading",
