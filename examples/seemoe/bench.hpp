@@ -4,7 +4,8 @@
 // feeds it random images and tokens of the training shapes, and times
 //   * full training steps: zero_grad + forward + loss + backward + AdamW step, after warm-up;
 //   * caption generation: one image, greedy, KV cache, exactly --gen-tokens new tokens (the cached
-//     decoder loop is driven directly, so an early <eos> cannot shorten it);
+//     decoder loop, the fused DecoderStep as in generate, is driven directly, so an early <eos>
+//     cannot shorten it; the image encode is also timed alone);
 // then prints one JSON object (--json) or a table: step times, tokens/s, model FLOP/s, the share
 // of the machine's FP32 FMA peak that is, caption latency, peak RSS.
 //
@@ -21,6 +22,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <cstdio>
 #include <numeric>
 #include <string>
@@ -44,6 +46,7 @@ inline std::vector<FlagSpec> bench_flags() {
         {"--warmup", "N", "untimed training steps first (default 2)"},
         {"--gen-tokens", "N", "tokens per timed caption; 0 skips generation (default 32)"},
         {"--gen-reps", "N", "timed captions (default 5)"},
+        {"--weights", "f32|bf16", "weight storage of the timed captions (default f32; see 'caption --weights')"},
         {"--seed", "N", "seed of the weights and the random inputs (default 0)"},
         {"--json", nullptr, "print one JSON object instead of the table"},
         {"--expert-parallel", nullptr, "under mpirun -np N: split the experts of every MoE layer over the ranks"},
@@ -224,6 +227,8 @@ inline int run_bench(int argc, char** argv, Team& team) {
     // process measures, are left out unless asked for.
     const Index gen_tokens = args.get_int("--gen-tokens", team.size() > 1 ? 0 : 32, 0);
     const Index gen_reps = args.get_int("--gen-reps", 5, 1);
+    seemoe::nn::WeightStorage weights = seemoe::nn::WeightStorage::f32;
+    seemoe::nn::weight_storage_from_name(args.get_choice("--weights", "f32", {"f32", "bf16"}), weights);
     const std::uint64_t seed = args.get_seed("--seed", 0);
     const bool json = args.flag("--json");
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
@@ -309,33 +314,56 @@ inline int run_bench(int argc, char** argv, Team& team) {
     const double executed_flops = train_flops - 3 * bench::skipped_forward_flops(m, batch);
 
     // ---- caption generation: batch 1, greedy, KV cache, exactly gen_tokens tokens -------------
-    bench::Timing caption;
+    // As VisionMoELanguageModel::generate does it: the image encoded once, the visual tokens and
+    // <bos> through forward_cached, every later token through the fused DecoderStep. The encode's
+    // share is timed on its own too, so the figure says where a caption's time goes.
+    bench::Timing caption, caption_encode;
     if (gen_tokens > 0) {
         model.eval();
         Tensor<float> one = seemoe::slice(images, 0, 0, 1);  // (1, 3, S, S)
+        const bool fusable = seemoe::nn::DecoderStep<float>::supports(model.decoder);
+        std::unique_ptr<seemoe::nn::DecoderStep<float>> fused;
+        if (fusable) fused = std::make_unique<seemoe::nn::DecoderStep<float>>(model.decoder, weights);
+        if (!fusable && weights != seemoe::nn::WeightStorage::f32)
+            throw CliError("--weights bf16 needs the fused decoder step, which this model's MoE layers do not allow",
+                           "drop --weights");
+        std::vector<float> step_logits(static_cast<std::size_t>(V));  // (V)
+        double encode_ms = 0;
         auto caption_once = [&] {
             seemoe::NoGradGuard no_grad;
+            const double start = bench::now_ms();
             Tensor<float> visual = model.encode_images(one, rng);                   // (1, Tv, C)
+            encode_ms = bench::now_ms() - start;
             auto caches = model.decoder.make_caches(1, Tv + 1 + gen_tokens);
-            Tensor<float> x = model.decoder.embed({m.bos_id}, 1, 1, visual);         // (1, Tv+1, C)
+            Tensor<float> logits = model.decoder.forward_cached(model.decoder.embed({m.bos_id}, 1, 1, visual),
+                                                                caches);              // (1, Tv+1, V)
+            const float* last = logits.data() + (logits.size(1) - 1) * V;
             Index checksum = 0;
             for (Index t = 0; t < gen_tokens; ++t) {
-                Tensor<float> logits = model.decoder.forward_cached(x, caches);      // (1, Tn, V)
-                const float* last = logits.data() + (logits.size(1) - 1) * V;
                 const Index next = static_cast<Index>(std::max_element(last, last + V) - last);
                 checksum += next;
-                x = model.decoder.embed({next}, 1, 1, Tensor<float>());             // (1, 1, C)
+                if (t + 1 == gen_tokens) break;
+                if (fused) {
+                    fused->step_tokens({next}, caches, step_logits.data());
+                    last = step_logits.data();
+                } else {
+                    logits = model.decoder.forward_cached(model.decoder.embed({next}, 1, 1, Tensor<float>()),
+                                                          caches);                    // (1, 1, V)
+                    last = logits.data();
+                }
             }
             return checksum;
         };
         caption_once();  // warm-up
-        std::vector<double> caption_ms;
+        std::vector<double> caption_ms, encode_times;
         for (Index r = 0; r < gen_reps; ++r) {
             const double start = bench::now_ms();
             caption_once();
             caption_ms.push_back(bench::now_ms() - start);
+            encode_times.push_back(encode_ms);
         }
         caption = bench::summarize(caption_ms);
+        caption_encode = bench::summarize(encode_times);
     }
     const double rss = bench::peak_rss_mb();  // before the peak kernel, which allocates nothing
 
@@ -403,6 +431,8 @@ inline int run_bench(int argc, char** argv, Team& team) {
     }
     if (gen_tokens > 0) {
         out["caption_ms_median"] = bench::round_to(caption.median, 2);
+        out["caption_encode_ms_median"] = bench::round_to(caption_encode.median, 2);
+        out["caption_weights"] = seemoe::nn::weight_storage_name(weights);
         out["gen_tokens_per_s"] = bench::round_to(static_cast<double>(gen_tokens) / caption.median * 1e3, 1);
     }
     out["peak_rss_mb"] = bench::round_to(rss, 1);
@@ -443,8 +473,10 @@ inline int run_bench(int argc, char** argv, Team& team) {
         rows.push_back({"all-reduce alone", format("%.1f ms median (every rank starting together)", reduce_alone.median)});
     }
     if (gen_tokens > 0)
-        rows.push_back({"caption", format("%.1f ms median for %lld tokens (%.0f tokens/s)", caption.median,
-                                          static_cast<long long>(gen_tokens), gen_tokens / caption.median * 1e3)});
+        rows.push_back({"caption", format("%.1f ms median for %lld tokens (%.0f tokens/s; image encode %.1f ms; %s weights)",
+                                          caption.median, static_cast<long long>(gen_tokens),
+                                          gen_tokens / caption.median * 1e3, caption_encode.median,
+                                          seemoe::nn::weight_storage_name(weights))});
     rows.push_back({"peak RSS", format("%.0f MB", rss)});
     print_table("seemoe bench", rows);
     std::printf("%s\n", out.dump().c_str());

@@ -28,6 +28,7 @@ inline const std::vector<FlagSpec>& eval_flags() {
          "names for the per-word table's slots, the last taking the remaining words (shapes: "
          "article,size,colour,shape,position); default: one slot per word"},
         {"--threads", "N", "threads (default: OMP_NUM_THREADS or all cores)"},
+        {"--weights", "f32|bf16", "weight storage for the captions: the model's floats (default) or bf16 copies"},
         {"--plots", "DIR", "where the PNG pictures go (default: the model's folder)"},
         {"--no-plots", nullptr, "write no pictures"},
         {"--allow-outside-paths", nullptr,
@@ -105,7 +106,7 @@ inline void write_eval_pictures(const std::string& plots, const std::string& mod
 
 // `seemoe eval` on a text model: the val part of its text file, every character once.
 inline int run_text_eval(const Args& args) {
-    for (const char* flag : {"--data", "--split", "--attributes"})
+    for (const char* flag : {"--data", "--split", "--attributes", "--weights"})
         if (args.has(flag))
             throw CliError(std::string(flag) + " applies to image models; this is a text model",
                            "drop it (pass --text FILE to score another text)");
@@ -158,6 +159,8 @@ inline int run_eval(int argc, char** argv) {
     const Split split = args.get_choice("--split", "val", {"val", "test"}) == "val" ? Split::val : Split::test;
     const Index batch = args.get_int("--batch", 64, 1);
     if (args.has("--threads")) seemoe::set_num_threads(static_cast<int>(args.get_int("--threads", 1, 1)));
+    seemoe::nn::WeightStorage weights = seemoe::nn::WeightStorage::f32;
+    seemoe::nn::weight_storage_from_name(args.get_choice("--weights", "f32", {"f32", "bf16"}), weights);
     std::vector<std::string> attributes;
     if (args.has("--attributes")) {
         std::istringstream list(args.get("--attributes", ""));
@@ -189,7 +192,7 @@ inline int run_eval(int argc, char** argv) {
     const std::vector<Index> samples = all_samples(ds);
     RoutingAnalysis analysis;
     const double loss = mean_loss(ck.model, batcher, samples, batch, &routing, plots.empty() ? nullptr : &analysis);
-    const CaptionScore score = score_captions(ck.model, batcher, samples, batch);
+    const CaptionScore score = score_captions(ck.model, batcher, samples, batch, weights);
 
     print_table("seemoe eval",
                 {{"model", format("%s (step %lld, %s parameters)", ck.path.c_str(), static_cast<long long>(ck.step),
@@ -197,8 +200,9 @@ inline int run_eval(int argc, char** argv) {
                  {"data", format("%s, split %s (%lld captions)", data_path.c_str(), seemoe::data::split_name(split),
                                  static_cast<long long>(ds.size()))},
                  {"loss", format("%.4f", loss)},
-                 {"exact match", format("%s (%lld/%lld)", format_percent(score.exact_match()).c_str(),
-                                        static_cast<long long>(score.exact), static_cast<long long>(score.samples))},
+                 {"exact match", format("%s (%lld/%lld; %s weights)", format_percent(score.exact_match()).c_str(),
+                                        static_cast<long long>(score.exact), static_cast<long long>(score.samples),
+                                        seemoe::nn::weight_storage_name(weights))},
                  {"char accuracy", format_percent(score.char_accuracy())},
                  {"time", format_duration(clock.seconds())}});
     if (score.exact < score.samples) {

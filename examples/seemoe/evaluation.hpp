@@ -259,9 +259,10 @@ struct CaptionScore {
     }
 };
 
-// Greedy captions for `samples`, scored against the truth.
+// Greedy captions for `samples`, scored against the truth (generated with `weights` storage).
 inline CaptionScore score_captions(Model& model, const Batcher& batcher, const std::vector<Index>& samples,
-                                   Index batch_size) {
+                                   Index batch_size,
+                                   seemoe::nn::WeightStorage weights = seemoe::nn::WeightStorage::f32) {
     CaptionScore score;
     if (samples.empty()) return score;
     const CharTokenizer& tok = batcher.tokenizer();
@@ -280,7 +281,7 @@ inline CaptionScore score_captions(Model& model, const Batcher& batcher, const s
         const std::vector<Index> group(samples.begin() + static_cast<std::ptrdiff_t>(start),
                                        samples.begin() + static_cast<std::ptrdiff_t>(end));
         seemoe::data::Batch batch = batcher.make_batch(group);
-        const auto predicted = model.generate(batch.images, greedy, unused);
+        const auto predicted = model.generate(batch.images, greedy, unused, weights);
         for (std::size_t b = 0; b < group.size(); ++b) {
             const std::vector<Index> truth = tok.encode(ds.caption(group[b]));
             score.samples += 1;

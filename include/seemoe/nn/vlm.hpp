@@ -9,12 +9,13 @@
 // visual positions are ignored in the loss, so the first character is predicted from the image
 // through <bos>.
 //
-// generate() captions images with a KV cache: the image is encoded once, then one token per step,
-// greedy or sampled (temperature, top-k, top-p) with an explicit Rng.
+// generate() captions images with a KV cache: the image is encoded once, then one token per step
+// (the fused DecoderStep), greedy or sampled (temperature, top-k, top-p) with an explicit Rng.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <string_view>
@@ -23,6 +24,7 @@
 
 #include "../data/tokenizer.hpp"
 #include "../ops/functional.hpp"
+#include "decode_step.hpp"
 #include "decoder.hpp"
 #include "projector.hpp"
 #include "sampling.hpp"
@@ -195,9 +197,12 @@ public:
         return cross_entropy(logits, full_targets, kIgnoreIndex, label_smoothing);  // ()
     }
 
-    // Captions for every image in the batch (token ids without <bos>/<eos>), KV-cached.
+    // Captions for every image in the batch (token ids without <bos>/<eos>), KV-cached: the visual
+    // tokens and <bos> go through forward_cached, every later token through the fused one-token
+    // step (DecoderStep, nn/decode_step.hpp) when the decoder's MoE layers allow it. `weights`
+    // bf16 runs that step on bf16 copies of the big matrices (made for this call).
     std::vector<std::vector<Index>> generate(const Tensor<T>& images, const SamplingOptions& options,
-                                             Rng& rng) {
+                                             Rng& rng, WeightStorage weights = WeightStorage::f32) {
         NoGradGuard no_grad;
         const bool was_training = this->is_training();
         this->eval();
@@ -207,23 +212,40 @@ public:
         const Index Tv = visual.size(1);
         auto caches = decoder.make_caches(B, Tv + 1 + options.max_new_tokens);
         std::vector<Index> step_ids(static_cast<std::size_t>(B), config.bos_id);
-        Tensor<T> x = decoder.embed(step_ids, B, 1, visual);                 // (B, Tv+1, C)
         std::vector<std::vector<Index>> captions(static_cast<std::size_t>(B));
         std::vector<bool> done(static_cast<std::size_t>(B), false);
+        std::unique_ptr<DecoderStep<T>> fused;
+        SEEMOE_CHECK(weights == WeightStorage::f32 || DecoderStep<T>::supports(decoder),
+                     "[VisionMoELanguageModel::generate] bf16 weights need the fused decoder step, which this "
+                     "model's MoE layers do not allow");
+        if (DecoderStep<T>::supports(decoder)) fused = std::make_unique<DecoderStep<T>>(decoder, weights);
+        std::vector<T> step_logits(static_cast<std::size_t>(B * V));        // (B, V)
+        Tensor<T> logits;                                                    // (B, Tn, V)
         for (Index step = 0; step < options.max_new_tokens; ++step) {
-            Tensor<T> logits = decoder.forward_cached(x, caches);            // (B, Tn, V)
-            const Index Tn = logits.size(1);
+            // Row b's logits of the newest position.
+            const T* last = nullptr;
+            Index stride = V;
+            if (step > 0 && fused) {
+                fused->step_tokens(step_ids, caches, step_logits.data());
+                last = step_logits.data();
+            } else {
+                Tensor<T> x = step == 0 ? decoder.embed(step_ids, B, 1, visual)   // (B, Tv+1, C)
+                                        : decoder.embed(step_ids, B, 1, Tensor<T>());  // (B, 1, C)
+                logits = decoder.forward_cached(x, caches);                   // (B, Tn, V)
+                const Index Tn = logits.size(1);
+                last = logits.data() + (Tn - 1) * V;
+                stride = Tn * V;
+            }
             bool all_done = true;
             for (Index b = 0; b < B; ++b) {
-                const Index next = sample_token(logits.data() + (b * Tn + Tn - 1) * V, V, options, rng);
+                const Index next = sample_token(last + b * stride, V, options, rng);
                 step_ids[b] = next;
                 if (done[b]) continue;
                 if (next == config.eos_id) done[b] = true;
                 else captions[b].push_back(next);
                 all_done = all_done && done[b];
             }
-            if (all_done || step + 1 == options.max_new_tokens) break;
-            x = decoder.embed(step_ids, B, 1, Tensor<T>());                   // (B, 1, C)
+            if (all_done) break;
         }
         this->train(was_training);
         return captions;
