@@ -111,8 +111,9 @@ def main():
     put("image", "rle.tga", image_bytes("TGA", compression="tga_rle"))
     put("image", "refused.ppm", image_bytes("PPM"))  # a format seemoe refuses by its signature
     # What fuzzing found, kept as seeds so every run starts from them (tests/test_data.cpp too).
-    with open(os.path.join(HERE, "..", "tests", "data", "jpeg", "undefined_huffman_table.jpg"), "rb") as f:
-        put("image", "undefined_huffman_table.jpg", f.read())
+    for found in ("jpeg/undefined_huffman_table.jpg", "png/oversized_chunk.png"):
+        with open(os.path.join(HERE, "..", "tests", "data", found), "rb") as f:
+            put("image", os.path.basename(found), f.read())
 
 
 if __name__ == "__main__":

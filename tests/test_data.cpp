@@ -371,6 +371,27 @@ TEST_CASE("image: JPEG Huffman tables stb_image 2.27 mishandles are refused nami
                       Catch::Contains("a.ppm is a PNM (PGM/PPM) image; seemoe reads PNG, JPEG, BMP, GIF and TGA"));
 }
 
+TEST_CASE("image: a PNG chunk longer than the rest of the file is refused before stb_image allocates it", "[data]") {
+    // oversized_chunk.png: found by fuzz/fuzz_image.cpp, 123 bytes whose second IDAT chunk
+    // declares 1711276061 bytes; stb_image 2.27 asked for 2 GiB before reading it.
+    CHECK_THROWS_WITH(decode_image(read_bytes(source_dir() + "/tests/data/png/oversized_chunk.png"), "fuzzed.png"),
+                      Catch::Contains("cannot decode fuzzed.png: a PNG chunk at byte 74 declares 1711276061 bytes "
+                                      "of data, more than the 41 left in the file: corrupt or truncated PNG"));
+    // The same in a PNG written here: the first chunk after IHDR (at byte 33) claims one byte more
+    // than the file holds.
+    const std::vector<std::uint8_t> png = png_bytes(3, 2, 3, kPattern);
+    std::vector<std::uint8_t> longer = png;
+    const std::size_t left = png.size() - 33 - 8;
+    for (int k = 0; k < 4; ++k) longer[33 + k] = static_cast<std::uint8_t>((left + 1) >> (24 - 8 * k));
+    CHECK_THROWS_WITH(decode_image(longer, "long.png"),
+                      Catch::Contains("long.png: a PNG chunk at byte 33 declares " + std::to_string(left + 1) +
+                                      " bytes of data, more than the " + std::to_string(left) + " left"));
+    // stb_image does not read the CRC after IEND: a file without it still decodes, unchanged.
+    const std::vector<std::uint8_t> no_crc(png.begin(), png.end() - 4);
+    CHECK(decode_image(no_crc, "short.png").rgb == kPattern);
+    CHECK(decode_image(png, "whole.png").rgb == kPattern);
+}
+
 // ---- resize and normalisation --------------------------------------------------------------
 
 TEST_CASE("resize: bilinear 2x2 -> 4x4 matches hand-computed values (align_corners=False)", "[data]") {

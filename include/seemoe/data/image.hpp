@@ -17,7 +17,8 @@
 // Fuzzing (fuzz/fuzz_image.cpp) found defects in the stb_image in use (2.27, Debian 12's libstb),
 // so the bytes are screened before it sees them (detail::check_known_decoder_defects): the other
 // formats stb_image would try (PSD, PIC, PNM, HDR: never promised, and where it overflows integers)
-// are refused by their signature; a JPEG whose Huffman tables would make it write or read out of
+// are refused by their signature; a PNG chunk longer than the rest of the file is refused (stb_image
+// would allocate what it declares); a JPEG whose Huffman tables would make it write or read out of
 // bounds (too many symbols, a scan using a table never defined) is refused as corrupt, and every
 // JPEG is handed to it with all eight tables defined first.
 //
@@ -172,6 +173,30 @@ inline std::vector<std::uint8_t> jpeg_with_default_huffman_tables(const std::uin
     out.insert(out.end(), bytes + body, bytes + n);
     return out;
 }
+// stb_image 2.27 grows its buffer for a PNG's compressed data (IDAT chunks) to the length a
+// chunk declares before it reads the chunk: a 123-byte file declaring a 1.6 GB chunk made
+// it ask for 2 GiB (found by fuzz/fuzz_image.cpp). It reads the chunks one after the other, each
+// an 8-byte header (length, type), the data and a 4-byte CRC (not read after IEND), up to IEND.
+// A chunk whose data runs past the end of the file is refused here, so the compressed data
+// stb_image buffers is never more than the file holds (at most twice that once rounded up).
+inline void check_png_chunks(const std::uint8_t* bytes, std::size_t n, const std::string& name) {
+    static const std::uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    if (n < 8 || std::memcmp(bytes, signature, 8) != 0) return;
+    const auto be32 = [&](std::size_t i) {
+        return std::uint64_t(bytes[i]) << 24 | std::uint64_t(bytes[i + 1]) << 16 | std::uint64_t(bytes[i + 2]) << 8 |
+               bytes[i + 3];
+    };
+    for (std::size_t i = 8; n - i >= 8;) {
+        const std::uint64_t length = be32(i);
+        SEEMOE_CHECK(length <= n - i - 8, "[decode_image] cannot decode ", name, ": a PNG chunk at byte ", i,
+                     " declares ", length, " bytes of data, more than the ", n - i - 8,
+                     " left in the file: corrupt or truncated PNG");
+        if (std::memcmp(bytes + i + 4, "IEND", 4) == 0) return;
+        i += 12 + static_cast<std::size_t>(length);
+        if (i > n) return;  // the CRC cut off: stb_image refuses the file itself
+    }
+}
+
 // The formats stb_image tries besides the five seemoe reads, by the signature stb_image tests
 // them with: refused, so their decoders never run. nullptr for anything else.
 inline const char* unsupported_image_format(const std::uint8_t* bytes, std::size_t n) {
@@ -189,6 +214,7 @@ inline std::size_t check_known_decoder_defects(const std::uint8_t* bytes, std::s
     const char* format = unsupported_image_format(bytes, n);
     SEEMOE_CHECK(format == nullptr, "[decode_image] ", name, " is ", format,
                  "; seemoe reads PNG, JPEG, BMP, GIF and TGA (convert it, e.g. to PNG)");
+    check_png_chunks(bytes, n, name);
     return check_jpeg_huffman_tables(bytes, n, name);
 }
 
