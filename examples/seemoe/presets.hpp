@@ -113,9 +113,12 @@ inline Preset make_preset(const std::string& name) {
         p.log_every = 100;
     } else if (name == "fashion") {
         // Fashion-MNIST (data/fashion/README.md): 28 x 28 grayscale pictures in 4 px patches
-        // (a 7 x 7 grid). A caption is one of ten class names, so the CLS feature as the one
-        // visual token carries all the decoder needs, and the decoder (which then runs over
-        // about a dozen positions) costs little next to the ViT.
+        // (a 7 x 7 grid). A caption is one of ten class names, so one visual token carries all
+        // the decoder needs, and the decoder (which then runs over about a dozen positions) costs
+        // little next to the ViT. That token is the mean of the patch features (global average
+        // pooling): at 3,000 steps it beat the CLS feature by 1.5 points of test exact match for
+        // 1.3x the CPU time per step (README "Train on real images"), so the run is 12,000 steps
+        // where the CLS run was 14,000.
         p.data = "data/fashion/images";
         m.vision.image_size = 28;
         m.vision.patch_size = 4;
@@ -130,8 +133,8 @@ inline Preset make_preset(const std::string& name) {
         m.decoder.top_k = 2;
         m.decoder.block_size = 32;
         m.decoder.dropout = 0.0;
-        m.visual_tokens = VisualTokens::CLS;
-        p.steps = 14000;
+        m.visual_tokens = VisualTokens::Mean;
+        p.steps = 12000;
         p.batch = 64;
         p.lr = 1e-3;
         p.warmup = 500;
