@@ -61,7 +61,7 @@ TEST_CASE("fashion: convert 100 pictures, train the fashion preset a few steps, 
     INFO(train.out << train.err);
     REQUIRE(train.code == 0);
     CHECK_THAT(train.out, Catch::Contains("samples          80 train, 10 val, 10 test"));
-    CHECK_THAT(train.out, Catch::Contains("visual_tokens mean"));
+    CHECK_THAT(train.out, Catch::Contains("visual_tokens cls"));
     CHECK_THAT(train.out, Catch::Contains("label_smoothing  0.1"));
     CHECK_THAT(train.out, Catch::Contains("flip             horizontal"));
     CHECK_THAT(train.out, Catch::Contains("final report"));

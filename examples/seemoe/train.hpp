@@ -394,7 +394,7 @@ inline std::string train_usage() {
            "            6000 steps of 32, lr 5e-4): 98% exact on val in 5m25s on a 2-core AVX-512 VM,\n"
            "            11m41s on a 2-core Intel Xeon (Cascade Lake) VM\n"
            "  fashion   Fashion-MNIST from data/fashion/images (seemoe_fashion_mnist writes it): image 28,\n"
-           "            patch 4, ViT 96 x 3, mean-pooled token, decoder 64 x 2, 4 experts; 12000 steps of\n"
+           "            patch 4, ViT 96 x 3, CLS token, decoder 64 x 2, 4 experts; 14000 steps of\n"
            "            64 with augmentation and label smoothing (README 'Train on real images')\n"
            "  seemore   the original seeMoE sizes (image 96, patch 16, ViT 512 x 3, decoder 128 x 8)\n"
            "  makemoe   text only, the default with --text FILE: makeMoE's character model (decoder\n"
