@@ -45,11 +45,12 @@ struct Preset {
     Index eval_samples = 200;   // val images captioned at each validation
     double min_lr_ratio = 0.1;  // the cosine decay ends at lr * min_lr_ratio
     // The image recipe (flags --label-smoothing, --crop-padding, --flip, --brightness,
-    // --contrast); off by default.
+    // --contrast, --word-dropout); off by default.
     double label_smoothing = 0;
     Index crop_padding = 0;
     std::string flip = "none";
     double brightness = 0, contrast = 0;
+    double word_dropout = 0;  // caption input words blanked with this probability
 };
 
 inline const std::vector<std::string>& preset_names() {
@@ -111,6 +112,10 @@ inline Preset make_preset(const std::string& name) {
         p.warmup = 100;
         p.eval_every = 500;
         p.log_every = 100;
+        // Blanking 80% of the caption's input words makes the decoder take the shape from the
+        // image rather than from the colour word before it, which is what unseen colour-shape
+        // pairs need (README "Why unseen pairs fail").
+        p.word_dropout = 0.8;
     } else if (name == "fashion") {
         // Fashion-MNIST (data/fashion/README.md): 28 x 28 grayscale pictures in 4 px patches
         // (a 7 x 7 grid). A caption is one of ten class names, so one visual token carries all
