@@ -47,8 +47,12 @@ namespace detail {
 //
 // Cached-size buffers come from mmap and go back with munmap: freed to malloc instead, they
 // would stay resident in its heap (glibc returns only the top of a heap to the system), and the
-// resident set would keep every size the cache ever let go of. Small buffers use the heap.
-// Under AddressSanitizer everything uses the heap, which ASan watches.
+// resident set would keep every size the cache ever let go of. The price of the tight margin is
+// fresh pages: about 28 MB a step on seemore, which as 4 KB pages (a fault and a zero fill
+// each) cost 5% of the step; mappings of 2 MB and up therefore ask for transparent huge pages
+// (MADV_HUGEPAGE), one fault per 2 MB, and the step is as fast as with the heap (measured:
+// median ratio 0.99, AMD EPYC Zen 5). Small buffers use the heap. Under AddressSanitizer
+// everything uses the heap, which ASan watches.
 class BufferCache {
 public:
     static constexpr std::size_t kMinBytes = std::size_t(1) << 16;
@@ -167,6 +171,10 @@ private:
 #if (defined(__unix__) || defined(__APPLE__)) && !SEEMOE_ASAN
         void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) throw std::bad_alloc();
+#if defined(MADV_HUGEPAGE)
+        // Only a hint: where the system has transparent huge pages off, 4 KB pages it is.
+        if (bytes >= (std::size_t(2) << 20)) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
         return p;
 #else
         return ::operator new(bytes, std::align_val_t{64});
