@@ -178,6 +178,8 @@ TEST_CASE("cli: bad model sizes are refused by flag name in train and bench", "[
     check_error(run_cli(dir, train + "--n-embd 1000000"), "--n-embd: decoder.n_embd must be at most 65536");
     check_error(run_cli(dir, train + "--n-embd 32768 --heads 1"), "parameters");
     check_error(run_cli(dir, train + "--block-size 10 --visual-tokens patches"), "--block-size: decoder.block_size");
+    check_error(run_cli(dir, train + "--visual-tokens average"), "--visual-tokens");
+    check_error(run_cli(dir, train + "--word-dropout 1"), "--word-dropout");
     CHECK_FALSE(fs::exists(dir / "out"));
     check_error(run_cli(dir, "bench --preset tiny --n-layer 0"), "--n-layer must be at least 1");
     check_error(run_cli(dir, "bench --preset tiny --vocab 1"), "--vocab must be at least 3");

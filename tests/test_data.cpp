@@ -919,3 +919,72 @@ TEST_CASE("augment: a training batch is the same for the same (seed, step) and d
     // With every option off, the batch equals the plain one.
     CHECK(batcher.make_batch({4, 1, 2}, AugmentOptions{}, 7, 10).images.to_vector() == plain.images.to_vector());
 }
+
+TEST_CASE("word dropout blanks whole words of the caption input, follows the seed, keeps the targets", "[data]") {
+    // drop_words on its own: words are the runs between spaces (id 9 here).
+    std::vector<Index> ids{3, 4, 9, 5, 5, 5, 9, 6};  // "ab ccc d"
+    Rng none(1), untouched(1);
+    std::vector<Index> same = ids;
+    drop_words(same.data(), 8, 9, 0, 0.0, none);
+    CHECK(same == ids);
+    CHECK(none.next_u64() == untouched.next_u64());  // off: nothing drawn
+    int blanked_words = 0, words = 0;
+    std::set<std::vector<Index>> seen;
+    for (int trial = 0; trial < 300; ++trial) {
+        Rng rng(100 + trial), again(100 + trial);
+        std::vector<Index> a = ids, b = ids;
+        drop_words(a.data(), 8, 9, 0, 0.5, rng);
+        drop_words(b.data(), 8, 9, 0, 0.5, again);
+        CHECK(a == b);  // same seed, same words
+        CHECK(a[2] == 9);  // spaces stay
+        CHECK(a[6] == 9);
+        // Each word is either whole or all <pad>.
+        for (auto [lo, hi] : {std::pair<int, int>{0, 2}, {3, 6}, {7, 8}}) {
+            const bool blank = a[static_cast<std::size_t>(lo)] == 0;
+            for (int k = lo; k < hi; ++k)
+                CHECK(a[static_cast<std::size_t>(k)] == (blank ? 0 : ids[static_cast<std::size_t>(k)]));
+            blanked_words += blank ? 1 : 0;
+            ++words;
+        }
+        seen.insert(a);
+    }
+    CHECK(seen.size() == 8);  // all 2^3 patterns occur
+    CHECK(blanked_words > words * 4 / 10);
+    CHECK(blanked_words < words * 6 / 10);
+
+    // In a batch: only the input after <bos> changes, the targets and images do not, and the
+    // same (seed, step) gives the same batch.
+    CaptionDataset ds(8);
+    Rng fill(3);
+    for (int i = 0; i < 6; ++i) {
+        Image im;
+        im.width = im.height = 8;
+        im.rgb.resize(8 * 8 * 3);
+        for (auto& v : im.rgb) v = static_cast<std::uint8_t>(fill.randint(0, 256));
+        ds.add(im, i % 2 ? "a big cat" : "a small dog");
+    }
+    const CharTokenizer tok = CharTokenizer::from_texts(ds.captions());
+    BatcherOptions bo;
+    bo.batch_size = 6;
+    const Batcher batcher(ds, tok, bo);
+    AugmentOptions o;
+    o.word_dropout = 0.5;
+    const std::vector<Index> all{0, 1, 2, 3, 4, 5};
+    const Batch plain = batcher.make_batch(all);
+    Batch first = batcher.make_batch(all, o, 7, 10);
+    CHECK(first.input_ids == batcher.make_batch(all, o, 7, 10).input_ids);
+    CHECK(first.targets == plain.targets);
+    CHECK(first.images.to_vector() == plain.images.to_vector());
+    CHECK(first.input_ids != plain.input_ids);
+    const Index L = plain.seq_len, space = tok.encode(" ")[0];
+    for (Index b = 0; b < 6; ++b) {
+        CHECK(first.input_ids[static_cast<std::size_t>(b * L)] == CharTokenizer::bos_id);
+        for (Index t = 1; t < L; ++t) {
+            const Index got = first.input_ids[static_cast<std::size_t>(b * L + t)];
+            const Index was = plain.input_ids[static_cast<std::size_t>(b * L + t)];
+            CHECK((got == was || (got == CharTokenizer::pad_id && was != space)));
+        }
+    }
+    o.word_dropout = 1.0;
+    CHECK_THROWS_WITH(batcher.make_batch(all, o, 7, 10), Catch::Contains("word_dropout"));
+}

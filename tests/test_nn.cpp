@@ -237,7 +237,8 @@ TEST_CASE("router, SparseMoE and SparseMoEBlock gradients", "[nn][moe]") {
 }
 
 TEST_CASE("the whole VisionMoELanguageModel passes a gradient check", "[nn]") {
-    for (auto visual : {nn::VisualTokens::CLS, nn::VisualTokens::Patches}) {
+    for (auto visual : {nn::VisualTokens::CLS, nn::VisualTokens::Patches, nn::VisualTokens::Mean}) {
+        CAPTURE(nn::visual_tokens_name(visual));
         Rng rng(7);
         nn::VisionMoELanguageModel<double> model(tiny_config(visual), rng);
         auto images = grad_input({2, 3, 8, 8}, rng);
@@ -248,6 +249,46 @@ TEST_CASE("the whole VisionMoELanguageModel passes a gradient check", "[nn]") {
             return model.loss(in[0], ids, targets, 4, fixed);
         }));
     }
+}
+
+TEST_CASE("visual_tokens mean gives one token: the projected average of the patch features", "[nn]") {
+    Rng rng(7);
+    nn::VisionMoELanguageModel<double> model(tiny_config(nn::VisualTokens::Mean), rng);
+    model.eval();
+    CHECK(model.num_visual_tokens() == 1);
+    const Index P = model.config.vision.num_patches(), D = model.config.vision.dim;
+    REQUIRE(P > 1);
+    Tensord images = Tensord::randn({2, 3, 8, 8}, rng);
+    Rng unused(0);
+    const Tensord visual = model.encode_images(images, unused);             // (2, 1, C)
+    REQUIRE(visual.shape() == Shape{2, 1, model.config.decoder.n_embd});
+    // By hand: the encoder's patch rows (not the CLS row 0) summed and divided by P, then the
+    // projector.
+    const Tensord features = model.vision_encoder.forward(images, unused);   // (2, 1+P, D)
+    Tensord pooled = Tensord::zeros({2, 1, D});
+    for (Index b = 0; b < 2; ++b)
+        for (Index d = 0; d < D; ++d) {
+            double s = 0;
+            for (Index p = 1; p <= P; ++p) s += features.at({b, p, d});
+            pooled.data()[b * D + d] = s / static_cast<double>(P);
+        }
+    const Tensord expected = model.projector.forward(pooled, unused);        // (2, 1, C)
+    for (Index i = 0; i < expected.numel(); ++i) CHECK(visual.data()[i] == Approx(expected.data()[i]).epsilon(1e-12));
+    // The CLS feature is a different token: the two modes must not coincide.
+    // (The same seed builds the same weights: visual_tokens changes no parameter.)
+    Rng same(7);
+    nn::VisionMoELanguageModel<double> cls_model(tiny_config(nn::VisualTokens::CLS), same);
+    REQUIRE(cls_model.vision_encoder.pos_embedding.at({0, 1, 0}) == model.vision_encoder.pos_embedding.at({0, 1, 0}));
+    cls_model.eval();
+    const Tensord cls_visual = cls_model.encode_images(images, unused);
+    double diff = 0;
+    for (Index i = 0; i < visual.numel(); ++i) diff = std::max(diff, std::abs(visual.data()[i] - cls_visual.data()[i]));
+    CHECK(diff > 1e-6);
+    // The name round-trips (configs, checkpoints and --visual-tokens all use it).
+    nn::VisualTokens parsed = nn::VisualTokens::CLS;
+    CHECK(std::string(nn::visual_tokens_name(nn::VisualTokens::Mean)) == "mean");
+    CHECK(nn::visual_tokens_from_name("mean", parsed));
+    CHECK(parsed == nn::VisualTokens::Mean);
 }
 
 TEST_CASE("text-only decoder works as a character LM", "[nn]") {

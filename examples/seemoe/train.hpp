@@ -60,6 +60,7 @@ struct TrainSettings {
     Index crop_padding = 0;
     std::string flip = "none";  // none | horizontal
     double brightness = 0, contrast = 0;
+    double word_dropout = 0;  // caption input words blanked with this probability (augment.hpp)
     // Coefficients of the MoE auxiliary losses added to the training loss (0: off, nothing computed).
     double balance_loss = 0.0, z_loss = 0.0;
     // Staged training (nn/staging.hpp): comma-separated parameter-name patterns, and MoE-LLaVA's
@@ -75,6 +76,7 @@ struct TrainSettings {
         a.horizontal_flip = flip == "horizontal";
         a.brightness = brightness;
         a.contrast = contrast;
+        a.word_dropout = word_dropout;
         return a;
     }
 };
@@ -84,7 +86,8 @@ struct TrainSettings {
 inline bool image_only_setting(const std::string& name) {
     return name == "data" || name == "eval_samples" || name == "balance_loss" || name == "z_loss" ||
            name == "freeze" || name == "train_only" || name == "stage" || name == "label_smoothing" ||
-           name == "crop_padding" || name == "flip" || name == "brightness" || name == "contrast";
+           name == "crop_padding" || name == "flip" || name == "brightness" || name == "contrast" ||
+           name == "word_dropout";
 }
 inline bool text_only_setting(const std::string& name) { return name == "text" || name == "eval_batches"; }
 // Settings added after runs were first stored: a stored run may lack them (then the default: the
@@ -92,7 +95,7 @@ inline bool text_only_setting(const std::string& name) { return name == "text" |
 inline bool later_setting(const std::string& name) {
     return name == "balance_loss" || name == "z_loss" || name == "freeze" || name == "train_only" ||
            name == "stage" || name == "label_smoothing" || name == "crop_padding" || name == "flip" ||
-           name == "brightness" || name == "contrast";
+           name == "brightness" || name == "contrast" || name == "word_dropout";
 }
 
 // The flag that sets a setting, and the range its value must be in.
@@ -140,6 +143,11 @@ void for_each_setting(Settings& s, Fn&& fn) {
          "augment: scale values' distance from the image mean by a factor from [1-X, 1+X] (default 0; "
          "fashion 0.2)"},
         0, 1};
+    static const SettingFlag word_dropout{
+        {"--word-dropout", "X",
+         "replace each word of a training caption's decoder input (not its targets) with <pad> with "
+         "probability X, so the decoder must read the image rather than the words before (default 0)"},
+        0, 0.95};
     static const SettingFlag seed{{"--seed", "N", "seed of every random number (default 1337)"}};
     static const SettingFlag eval_every{
         {"--eval-every", "N", "validate every N steps (val loss, exact match, sample captions)"}, 1};
@@ -182,6 +190,7 @@ void for_each_setting(Settings& s, Fn&& fn) {
     fn("flip", s.flip, &flip);
     fn("brightness", s.brightness, &brightness);
     fn("contrast", s.contrast, &contrast);
+    fn("word_dropout", s.word_dropout, &word_dropout);
     static const SettingFlag freeze{
         {"--freeze", "PATTERNS",
          "keep the parameters these comma-separated name patterns match fixed: no gradient, no optimiser "
@@ -385,8 +394,8 @@ inline std::string train_usage() {
            "            6000 steps of 32, lr 5e-4): 98% exact on val in 5m25s on a 2-core AVX-512 VM,\n"
            "            11m41s on a 2-core Intel Xeon (Cascade Lake) VM\n"
            "  fashion   Fashion-MNIST from data/fashion/images (seemoe_fashion_mnist writes it): image 28,\n"
-           "            patch 4, ViT 96 x 3, CLS token, decoder 64 x 2, 4 experts; 14000 steps of 64 with\n"
-           "            augmentation and label smoothing (README 'Train on real images')\n"
+           "            patch 4, ViT 96 x 3, CLS token, decoder 64 x 2, 4 experts; 14000 steps of\n"
+           "            64 with augmentation and label smoothing (README 'Train on real images')\n"
            "  seemore   the original seeMoE sizes (image 96, patch 16, ViT 512 x 3, decoder 128 x 8)\n"
            "  makemoe   text only, the default with --text FILE: makeMoE's character model (decoder\n"
            "            128 x 8, 8 heads, 8 experts top-2, 32 positions, dropout 0.1; 5000 steps of 16\n"

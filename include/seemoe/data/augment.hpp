@@ -15,6 +15,13 @@
 // compiler. Convention: the caller owns the Rng; Batcher (dataset.hpp) gives every sample of a
 // training step its own Rng seeded from (seed, step, sample), so an image's augmentation does not
 // depend on the batch it is in, the number of ranks or the threads.
+//
+// drop_words is the caption's counterpart (word dropout, Bowman et al. 2016): each word of the
+// decoder's *input* (the characters after <bos>, words split at spaces) is replaced, with
+// probability word_dropout, by <pad> characters of the same length; the targets stay whole. The
+// decoder then cannot always lean on the words it has written so far (on the bundled shapes, the
+// colour word before the shape word) and has to read the image. It draws from the same per-sample
+// Rng after the image's draws, one uniform per word, and only when it is on.
 #pragma once
 
 #include <algorithm>
@@ -31,7 +38,9 @@ struct AugmentOptions {
     bool horizontal_flip = false;  // mirror left-right with probability 1/2
     double contrast = 0;           // contrast factor drawn from [1 - contrast, 1 + contrast]
     double brightness = 0;         // brightness factor drawn from [1 - brightness, 1 + brightness]
+    double word_dropout = 0;       // probability of blanking each word of a caption's input
 
+    // Whether the image is altered at all.
     bool enabled() const { return crop_padding > 0 || horizontal_flip || contrast > 0 || brightness > 0; }
 };
 
@@ -48,6 +57,8 @@ inline void check_augment_options(const AugmentOptions& o) {
     SEEMOE_CHECK(o.contrast >= 0 && o.contrast <= 1, "[augment] contrast must be in [0, 1], got ", o.contrast);
     SEEMOE_CHECK(o.brightness >= 0 && o.brightness <= 1, "[augment] brightness must be in [0, 1], got ",
                  o.brightness);
+    SEEMOE_CHECK(o.word_dropout >= 0 && o.word_dropout < 1, "[augment] word_dropout must be in [0, 1), got ",
+                 o.word_dropout);
 }
 
 inline AugmentDraw draw_augmentation(const AugmentOptions& o, Rng& rng) {
@@ -97,6 +108,24 @@ inline void apply_augmentation(const std::uint8_t* in, int S, const AugmentDraw&
 // A randomly augmented copy of `in` (S, S, 3) in `out` (S, S, 3), drawn from `rng`.
 inline void augment_image(const std::uint8_t* in, int S, std::uint8_t* out, const AugmentOptions& o, Rng& rng) {
     apply_augmentation(in, S, draw_augmentation(o, rng), out);
+}
+
+// Word dropout on one caption's input ids `in` (n ids, without <bos>): every maximal run of ids
+// other than `space` is, with probability p, overwritten with `blank`. Spaces stay, so the
+// decoder still knows where it is in the caption. One rng.uniform() per word when p > 0; none
+// otherwise.
+inline void drop_words(Index* in, Index n, Index space, Index blank, double p, Rng& rng) {
+    if (!(p > 0)) return;
+    for (Index start = 0; start < n;) {
+        if (in[start] == space) {
+            ++start;
+            continue;
+        }
+        Index end = start;
+        while (end < n && in[end] != space) ++end;
+        if (rng.uniform() < p) std::fill(in + start, in + end, blank);
+        start = end;
+    }
 }
 
 }  // namespace seemoe::data

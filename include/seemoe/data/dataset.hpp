@@ -404,7 +404,8 @@ public:
     // A batch of the given samples, in that order.
     Batch make_batch(const std::vector<Index>& samples) const { return make_batch(samples, AugmentOptions{}, 0, 0); }
 
-    // A training batch of the given samples with each image augmented (augment.hpp). Sample i of
+    // A training batch of the given samples with each image augmented and each caption's input
+    // words dropped as `augment` says (augment.hpp). Sample i of
     // step `step` draws from its own Rng(augment_seed(seed, step, i)): the same image at the
     // same step is altered the same way whatever batch, rank or thread takes it.
     Batch make_batch(const std::vector<Index>& samples, const AugmentOptions& augment, std::uint64_t seed,
@@ -431,13 +432,17 @@ public:
         batch.captions.reserve(static_cast<std::size_t>(B));
         check_augment_options(augment);
         std::vector<std::uint8_t> scratch(augment.enabled() ? static_cast<std::size_t>(S * S * 3) : 0);  // (S, S, 3)
+        // Word dropout blanks words with <pad>; a caption without spaces is one word.
+        const std::vector<Index> space = augment.word_dropout > 0 && tokenizer_->contains(' ')
+                                             ? tokenizer_->encode(" ")
+                                             : std::vector<Index>{-1};
         for (Index b = 0; b < B; ++b) {
             const Index i = samples[static_cast<std::size_t>(b)];
             SEEMOE_CHECK(i >= 0 && i < dataset_->size(), "[Batcher] sample ", i, " is out of range for ",
                          dataset_->size(), " samples");
             const std::uint8_t* pixels = dataset_->pixels(i);
+            Rng rng(augment_seed(seed, step, i));
             if (augment.enabled()) {
-                Rng rng(augment_seed(seed, step, i));
                 augment_image(pixels, static_cast<int>(S), scratch.data(), augment, rng);
                 pixels = scratch.data();
             }
@@ -453,6 +458,7 @@ public:
                 target[t] = ids[static_cast<std::size_t>(t)];
             }
             target[n] = CharTokenizer::eos_id;
+            drop_words(in + 1, n, space[0], CharTokenizer::pad_id, augment.word_dropout, rng);  // input only
             batch.captions.push_back(dataset_->caption(i));
         }
         return batch;

@@ -4,8 +4,10 @@
 //   images (B, 3, S, S) --ViT--> (B, 1+P, D) --pick--> (B, Tv, D) --projector--> (B, Tv, C)
 //   input ids [<bos>, c1..cn, <pad>..] (B, L) --embed--> (B, L, C)
 //   decoder over [visual tokens | text] (B, Tv+L, C) --> logits (B, Tv+L, V)
-// Tv = 1 with VisualTokens::CLS (the CLS feature only, as the original seeMoE) or Tv = P with
-// VisualTokens::Patches (every patch feature, LLaVA-style). Targets are [c1..cn, <eos>, ignored..];
+// Tv = 1 with VisualTokens::CLS (the CLS feature only, as the original seeMoE), Tv = P with
+// VisualTokens::Patches (every patch feature, LLaVA-style), or Tv = 1 with VisualTokens::Mean (the
+// average of the P patch features after the ViT's final layer norm: global average pooling, which
+// "Better plain ViT baselines" (Beyer et al. 2022) prefers to the CLS token for small ViTs). Targets are [c1..cn, <eos>, ignored..];
 // visual positions are ignored in the loss, so the first character is predicted from the image
 // through <bos>.
 //
@@ -24,6 +26,7 @@
 
 #include "../data/tokenizer.hpp"
 #include "../ops/functional.hpp"
+#include "../ops/reduce.hpp"
 #include "decode_step.hpp"
 #include "decoder.hpp"
 #include "projector.hpp"
@@ -32,13 +35,15 @@
 
 namespace seemoe::nn {
 
-enum class VisualTokens { CLS, Patches };
+enum class VisualTokens { CLS, Patches, Mean };
 
-// The names of VisualTokens in configs, checkpoints and flags: "cls" and "patches".
-inline const char* visual_tokens_name(VisualTokens v) { return v == VisualTokens::CLS ? "cls" : "patches"; }
+// The names of VisualTokens in configs, checkpoints and flags: "cls", "patches" and "mean".
+inline const char* visual_tokens_name(VisualTokens v) {
+    return v == VisualTokens::CLS ? "cls" : v == VisualTokens::Patches ? "patches" : "mean";
+}
 // The VisualTokens called `name`; false if there is none.
 inline bool visual_tokens_from_name(std::string_view name, VisualTokens& out) {
-    for (VisualTokens v : {VisualTokens::CLS, VisualTokens::Patches})
+    for (VisualTokens v : {VisualTokens::CLS, VisualTokens::Patches, VisualTokens::Mean})
         if (name == visual_tokens_name(v)) {
             out = v;
             return true;
@@ -49,7 +54,7 @@ inline bool visual_tokens_from_name(std::string_view name, VisualTokens& out) {
 inline const char* enum_name(VisualTokens v) { return visual_tokens_name(v); }
 template <>
 inline std::vector<VisualTokens> enum_values<VisualTokens>() {
-    return {VisualTokens::CLS, VisualTokens::Patches};
+    return {VisualTokens::CLS, VisualTokens::Patches, VisualTokens::Mean};
 }
 
 struct VLMConfig {
@@ -61,8 +66,8 @@ struct VLMConfig {
     Index bos_id = data::CharTokenizer::bos_id;
     Index eos_id = data::CharTokenizer::eos_id;
 
-    // Visual tokens per image: the CLS feature, or every patch.
-    Index num_visual_tokens() const { return visual_tokens == VisualTokens::CLS ? 1 : vision.num_patches(); }
+    // Visual tokens per image: every patch, or one (the CLS feature or the patches' mean).
+    Index num_visual_tokens() const { return visual_tokens == VisualTokens::Patches ? vision.num_patches() : 1; }
 };
 
 // Every field of a VLMConfig, once, in checkpoint order: fn(section, name, field) with section
@@ -169,6 +174,10 @@ public:
         } else {
             features = vision_encoder.forward(images, rng);                  // (B, 1+P, D)
             features = slice(features, 1, 1, features.size(1));              // (B, P, D)
+            // The CLS row still runs through the encoder (its attention mixes it into the
+            // patches) but is not part of the average.
+            if (config.visual_tokens == VisualTokens::Mean)
+                features = mean(features, 1, /*keepdim=*/true);              // (B, 1, D)
         }
         return projector.forward(features, rng);                             // (B, Tv, C)
     }
