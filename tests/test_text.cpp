@@ -253,7 +253,7 @@ TEST_CASE("a tiny text model overfits a short text and regenerates it exactly, g
     options.weight_decay = 0.0;
     AdamW<float> opt(lm.parameters(), options);
     float loss = 0;
-    for (int step = 0; step < 300; ++step) {
+    for (int step = 0; step < 500; ++step) {
         opt.zero_grad();
         Tensorf l = lm.loss(inputs, targets, B, W, rng);
         loss = l.item();

@@ -2,7 +2,8 @@
 //
 //   tiny     a few seconds on the tiny test data; what the CLI tests run
 //   demo     the default: trains on the bundled shapes data in 5-12 minutes on 2 cores to 98%
-//            exact captions on val (README, "Train, caption, evaluate", shows the run)
+//            exact captions on val and 50% on the unseen colour-shape pairs of test, with word
+//            dropout 0.8 (README, "Train, caption, evaluate", shows the run)
 //   seemore  the original seeMoE hyperparameters (96 x 96 images, patch 16, ViT 512 x 3, decoder
 //            128 x 8, 8 experts top-2, 1000 positions): the model the upstream notebook trains
 //   fashion  Fashion-MNIST converted by seemoe_fashion_mnist (data/fashion/): 28 x 28 grayscale
@@ -45,11 +46,12 @@ struct Preset {
     Index eval_samples = 200;   // val images captioned at each validation
     double min_lr_ratio = 0.1;  // the cosine decay ends at lr * min_lr_ratio
     // The image recipe (flags --label-smoothing, --crop-padding, --flip, --brightness,
-    // --contrast); off by default.
+    // --contrast, --word-dropout); off by default.
     double label_smoothing = 0;
     Index crop_padding = 0;
     std::string flip = "none";
     double brightness = 0, contrast = 0;
+    double word_dropout = 0;  // caption input words blanked with this probability
 };
 
 inline const std::vector<std::string>& preset_names() {
@@ -90,7 +92,8 @@ inline Preset make_preset(const std::string& name) {
         // Measured: patch 8 (position words wrong), CLS tokens, lr >= 1e-3 and batch 16 or 64
         // all ended well below 90% exact match on val; 3000 steps reached 88.8%, these 6000
         // steps 98.0% (34.4% on the test split of unseen pairs) in 5m25s on a 2-core AVX-512
-        // VM; a 2-core Intel Xeon (Cascade Lake) VM took 11m41s.
+        // VM; a 2-core Intel Xeon (Cascade Lake) VM took 11m41s. Word dropout 0.8 (below), at
+        // the same cost per step: 98.8% val, 51.6% test (seed 1337; seeds 1 and 2 in the README).
         m.vision.image_size = 24;
         m.vision.patch_size = 4;
         m.vision.dim = 96;
@@ -111,6 +114,10 @@ inline Preset make_preset(const std::string& name) {
         p.warmup = 100;
         p.eval_every = 500;
         p.log_every = 100;
+        // Blanking 80% of the caption's input words makes the decoder take the shape from the
+        // image rather than from the colour word before it, which is what unseen colour-shape
+        // pairs need (README "Why unseen pairs fail").
+        p.word_dropout = 0.8;
     } else if (name == "fashion") {
         // Fashion-MNIST (data/fashion/README.md): 28 x 28 grayscale pictures in 4 px patches
         // (a 7 x 7 grid). A caption is one of ten class names, so one visual token carries all

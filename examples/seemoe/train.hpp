@@ -146,7 +146,7 @@ void for_each_setting(Settings& s, Fn&& fn) {
     static const SettingFlag word_dropout{
         {"--word-dropout", "X",
          "replace each word of a training caption's decoder input (not its targets) with <pad> with "
-         "probability X, so the decoder must read the image rather than the words before (default 0)"},
+         "probability X, so the decoder must read the image rather than the words before (default 0; demo 0.8)"},
         0, 0.95};
     static const SettingFlag seed{{"--seed", "N", "seed of every random number (default 1337)"}};
     static const SettingFlag eval_every{
@@ -594,6 +594,7 @@ inline RunState new_run(const Args& args, const Preset& preset, const RunFiles& 
     s.flip = preset.flip;
     s.brightness = preset.brightness;
     s.contrast = preset.contrast;
+    s.word_dropout = preset.word_dropout;
     apply_setting_flags(args, s);
     if (s.save_every == 0) s.save_every = s.eval_every;
     return run;
