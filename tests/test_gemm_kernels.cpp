@@ -11,6 +11,7 @@
 
 #ifdef SEEMOE_CLI_PATH
 #include "cli_run.hpp"
+#include "thread_guard.hpp"
 #endif
 
 using namespace seemoe;
@@ -19,12 +20,9 @@ namespace {
 
 // Restores the kernel path and thread count a test changed.
 struct KernelPathGuard {
+    seemoe::testing::ThreadCountGuard threads;
     KernelPath saved_path = active_kernel_path();
-    int saved_threads = num_threads();
-    ~KernelPathGuard() {
-        set_kernel_path(saved_path);
-        set_num_threads(saved_threads);
-    }
+    ~KernelPathGuard() { set_kernel_path(saved_path); }
 };
 
 std::vector<float> uniform(Index n, Rng& rng) {

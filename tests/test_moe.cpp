@@ -9,18 +9,15 @@
 #include <vector>
 
 #include "gradcheck.hpp"
+#include "thread_guard.hpp"
 #include "tiny_vlm.hpp"
 
 using namespace seemoe;
 using seemoe::testing::grad_input;
+using seemoe::testing::ThreadCountGuard;
 using seemoe::testing::gradcheck;
 
 namespace {
-
-struct ThreadCountGuard {
-    int saved = num_threads();
-    ~ThreadCountGuard() { set_num_threads(saved); }
-};
 
 struct Experts {
     std::vector<Tensord> w1, b1, w2, b2;

@@ -11,6 +11,8 @@
 #include <seemoe/optim/sgd.hpp>
 #include <vector>
 
+#include "thread_guard.hpp"
+
 using namespace seemoe;
 
 namespace {
@@ -449,12 +451,11 @@ TEST_CASE("clip_grad_norm: the same norm and gradients on 1 and 2 threads", "[op
         return copy;
     };
     std::vector<Tensorf> other = clone_grads();
-    const int threads = num_threads();
+    seemoe::testing::ThreadCountGuard guard;
     set_num_threads(1);
     const double one = clip_grad_norm(params, 1.0);
     set_num_threads(2);
     const double two = clip_grad_norm(other, 1.0);
-    set_num_threads(threads);
     CHECK(one == two);
     CHECK(one > 1.0);  // so the gradients were scaled
     for (std::size_t i = 0; i < params.size(); ++i) {

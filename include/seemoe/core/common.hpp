@@ -4,6 +4,7 @@
 //   kIgnoreIndex  the target value cross_entropy skips (-100, as in PyTorch)
 //   Error         what the library throws on bad input; never exit()/abort()
 //   SEEMOE_CHECK  SEEMOE_CHECK(cond, "[op] what went wrong: ", shape_a, " x ", shape_b)
+//   SEEMOE_ASAN   1 when compiled with AddressSanitizer (GCC's or Clang's spelling), else 0
 //   Rng           the only source of randomness: xoshiro256** plus our own normal sampler,
 //                 so the same seed gives the same numbers on every compiler and standard library
 //                 (std::normal_distribution differs between libstdc++ and libc++; Eigen's
@@ -17,6 +18,19 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+
+// GCC defines __SANITIZE_ADDRESS__ under -fsanitize=address; Clang reports it through
+// __has_feature. Code that must leave memory to ASan's watch (the buffer cache) tests this.
+#if defined(__SANITIZE_ADDRESS__)
+#define SEEMOE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SEEMOE_ASAN 1
+#endif
+#endif
+#ifndef SEEMOE_ASAN
+#define SEEMOE_ASAN 0
+#endif
 
 namespace seemoe {
 
