@@ -884,7 +884,8 @@ TEST_CASE("augment: draws stay in range, follow the seed and leave switched-off 
     CHECK_THROWS_WITH(draw_augmentation(bad, d), Catch::Contains("[augment]") && Catch::Contains("contrast"));
 }
 
-TEST_CASE("augment: a training batch is the same for the same (seed, step) and differs for another", "[data]") {
+// Six 8 x 8 images of seeded random pixels, captioned `odd` and `even` in turn.
+static CaptionDataset noise_images_dataset(const char* odd, const char* even) {
     CaptionDataset ds(8);
     Rng fill(3);
     for (int i = 0; i < 6; ++i) {
@@ -892,8 +893,13 @@ TEST_CASE("augment: a training batch is the same for the same (seed, step) and d
         im.width = im.height = 8;
         im.rgb.resize(8 * 8 * 3);
         for (auto& v : im.rgb) v = static_cast<std::uint8_t>(fill.randint(0, 256));
-        ds.add(im, i % 2 ? "a cat" : "a dog");
+        ds.add(im, i % 2 ? odd : even);
     }
+    return ds;
+}
+
+TEST_CASE("augment: a training batch is the same for the same (seed, step) and differs for another", "[data]") {
+    const CaptionDataset ds = noise_images_dataset("a cat", "a dog");
     const CharTokenizer tok = CharTokenizer::from_texts(ds.captions());
     BatcherOptions bo;
     bo.batch_size = 3;
@@ -954,15 +960,7 @@ TEST_CASE("word dropout blanks whole words of the caption input, follows the see
 
     // In a batch: only the input after <bos> changes, the targets and images do not, and the
     // same (seed, step) gives the same batch.
-    CaptionDataset ds(8);
-    Rng fill(3);
-    for (int i = 0; i < 6; ++i) {
-        Image im;
-        im.width = im.height = 8;
-        im.rgb.resize(8 * 8 * 3);
-        for (auto& v : im.rgb) v = static_cast<std::uint8_t>(fill.randint(0, 256));
-        ds.add(im, i % 2 ? "a big cat" : "a small dog");
-    }
+    const CaptionDataset ds = noise_images_dataset("a big cat", "a small dog");
     const CharTokenizer tok = CharTokenizer::from_texts(ds.captions());
     BatcherOptions bo;
     bo.batch_size = 6;
