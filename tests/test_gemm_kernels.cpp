@@ -115,6 +115,116 @@ TEST_CASE("matmul and linear give the reference product on every kernel path, on
     }
 }
 
+namespace {
+
+// One attention call's result and input gradients (for the upstream gradient sine_seed), as
+// double: what the test below compares between a float kernel path and the double reference.
+struct AttentionRun {
+    std::vector<double> out, dq, dk, dv;
+};
+
+template <typename T>
+std::vector<double> as_double(const std::vector<T>& v) {
+    return std::vector<double>(v.begin(), v.end());
+}
+
+// An upstream gradient that differs element by element: seed[i] = sin(i).
+template <typename T>
+Tensor<T> sine_seed(const Shape& shape) {
+    std::vector<T> seed(static_cast<std::size_t>(seemoe::numel(shape)));
+    for (std::size_t i = 0; i < seed.size(); ++i) seed[i] = static_cast<T>(std::sin(static_cast<double>(i)));
+    return Tensor<T>::from_vector(shape, seed);
+}
+
+// scaled_dot_product_attention on q (B, H, T, D), k (B, H, S, D), v (B, H, S, Dv) given as double
+// values, computed in T, then backward with d_out[i] = sin(i).
+template <typename T>
+AttentionRun run_sdpa(const Shape& qs, const Shape& ks, const Shape& vs, const std::vector<double>& q,
+                      const std::vector<double>& k, const std::vector<double>& v, bool causal) {
+    auto leaf = [](const Shape& shape, const std::vector<double>& values) {
+        Tensor<T> t = Tensor<T>::from_vector(shape, std::vector<T>(values.begin(), values.end()));
+        t.requires_grad_();
+        return t;
+    };
+    Tensor<T> tq = leaf(qs, q), tk = leaf(ks, k), tv = leaf(vs, v);
+    const Tensor<T> out = scaled_dot_product_attention(tq, tk, tv, causal);  // (B, H, T, Dv)
+    out.backward(sine_seed<T>(out.shape()));
+    return {as_double(out.to_vector()), as_double(tq.grad().to_vector()), as_double(tk.grad().to_vector()),
+            as_double(tv.grad().to_vector())};
+}
+
+// Largest |got - want| / (1 + max |want|).
+double worst_relative(const std::vector<double>& got, const std::vector<double>& want) {
+    double scale = 0, worst = 0;
+    for (double w : want) scale = std::max(scale, std::fabs(w));
+    for (std::size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+    return worst / (1.0 + scale);
+}
+
+}  // namespace
+
+TEST_CASE("attention's products agree with the double reference on every kernel path", "[ops][perf][kernels]") {
+    // Attention runs its per-head products through the kernel path (strided operands read in
+    // place, transposed for K^T, P^T, V^T, dS^T); double runs them on Eigen. Sizes: single
+    // query/key/dim, more keys than queries (causal, as with a KV cache) and fewer (not causal),
+    // rows past the AVX-512 dot-tile limit of 64, head dims below, at and past a 16-float vector,
+    // Dv != D.
+    struct Case {
+        Index B, H, T, S, D, Dv;
+        bool causal;
+    };
+    const Case cases[] = {{1, 1, 1, 1, 1, 1, false}, {2, 3, 7, 33, 17, 5, true}, {2, 3, 33, 7, 16, 32, false},
+                          {1, 2, 65, 70, 32, 16, true}, {1, 2, 70, 65, 16, 16, false}, {2, 2, 37, 37, 64, 64, true}};
+    KernelPathGuard guard;
+    Rng rng(62);
+    for (const Case& c : cases) {
+        const Shape qs{c.B, c.H, c.T, c.D}, ks{c.B, c.H, c.S, c.D}, vs{c.B, c.H, c.S, c.Dv};
+        auto values = [&](const Shape& shape) { return Tensord::randn(shape, rng).to_vector(); };
+        const std::vector<double> q = values(qs), k = values(ks), v = values(vs);
+        const AttentionRun want = run_sdpa<double>(qs, ks, vs, q, k, v, c.causal);
+        for (KernelPath path : available_kernel_paths()) {
+            set_kernel_path(path);
+            for (int threads : {1, 2}) {
+                set_num_threads(threads);
+                const AttentionRun got = run_sdpa<float>(qs, ks, vs, q, k, v, c.causal);
+                INFO("path " << kernel_path_name(path) << " threads " << threads << " B " << c.B << " H " << c.H
+                             << " T " << c.T << " S " << c.S << " D " << c.D << " Dv " << c.Dv << " causal "
+                             << c.causal);
+                CHECK(worst_relative(got.out, want.out) < 1e-5);
+                CHECK(worst_relative(got.dq, want.dq) < 1e-5);
+                CHECK(worst_relative(got.dk, want.dk) < 1e-5);
+                CHECK(worst_relative(got.dv, want.dv) < 1e-5);
+            }
+        }
+    }
+}
+
+TEST_CASE("self_attention reads its heads in place from qkv on every kernel path", "[ops][perf][kernels]") {
+    // The heads of qkv (B, T, 3C) are strided slices of its rows (row stride 3C), and their
+    // gradients are written, not added, into one fresh buffer: the same results as the double
+    // reference on every path.
+    KernelPathGuard guard;
+    Rng rng(63);
+    for (bool causal : {true, false}) {
+        const Index B = 2, T = 37, H = 4, C = 4 * 24;
+        const Tensord qkv_d = Tensord::randn({B, T, 3 * C}, rng);  // (B, T, 3C)
+        Tensord ref = qkv_d.detach().requires_grad_();
+        const Tensord out_d = self_attention(ref, H, causal);  // (B, T, C)
+        out_d.backward(sine_seed<double>(out_d.shape()));
+        for (KernelPath path : available_kernel_paths()) {
+            set_kernel_path(path);
+            const std::vector<double> values = qkv_d.to_vector();
+            Tensorf qkv = Tensorf::from_vector(qkv_d.shape(), std::vector<float>(values.begin(), values.end()));
+            qkv.requires_grad_();
+            const Tensorf out = self_attention(qkv, H, causal);  // (B, T, C)
+            out.backward(sine_seed<float>(out.shape()));
+            INFO("path " << kernel_path_name(path) << " causal " << causal);
+            CHECK(worst_relative(as_double(out.to_vector()), out_d.to_vector()) < 1e-5);
+            CHECK(worst_relative(as_double(qkv.grad().to_vector()), ref.grad().to_vector()) < 1e-5);
+        }
+    }
+}
+
 TEST_CASE("block sizes follow the caches and the vector width", "[ops][kernels]") {
     CpuInfo zen5;  // the AMD EPYC (Zen 5) VM: 48 KB L1d, 1 MB L2, 32 MB L3
     zen5.l1d = 48 * 1024, zen5.l2 = 1024 * 1024, zen5.l3 = 32 * 1024 * 1024;

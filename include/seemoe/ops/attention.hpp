@@ -6,9 +6,11 @@
 //
 // Per (batch, head): P = softmax(Q K^T / sqrt(D)) (T, S), out = P V. P is the only thing saved
 // for backward (plus the inputs' value buffers); the score matrix is never a graph node. The
-// (batch, head) pairs run in parallel, each as a few small Eigen GEMMs on strided maps, so
+// (batch, head) pairs run in parallel, each as a few small GEMMs on strided operands, so
 // self_attention reads the q/k/v head slices in place from the qkv rows and writes its result
-// straight into (B, T, C): no permute copies in either direction.
+// straight into (B, T, C): no permute copies in either direction. Float products run on the
+// kernel path of this CPU (ops/gemm_kernel.hpp: AVX-512, AVX2/FMA, NEON; compiled for that ISA
+// even in a build for plain x86-64), double ones and the portable path on Eigen's product.
 //
 // Convention: the causal mask is aligned to the END of the keys: query t sees keys
 // s <= t + (S - T). With S == T that is the usual lower triangle; with a KV cache (T new queries
@@ -21,10 +23,12 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
+#include "gemm_kernel.hpp"
 
 namespace seemoe {
 
@@ -35,6 +39,12 @@ namespace detail {
 struct AttentionOperand {
     Index offset, batch_stride, head_stride, row_stride;
     Index head_start(Index b, Index h) const { return offset + b * batch_stride + h * head_stride; }
+    // Head (b, h) of `data` as one operand of a product, read in place (transposed: as its
+    // transpose).
+    template <typename T>
+    StridedOperand<T> head(const T* data, Index b, Index h, bool transposed = false) const {
+        return {data + head_start(b, h), row_stride, transposed};
+    }
 };
 
 struct AttentionGeometry {
@@ -46,48 +56,33 @@ struct AttentionGeometry {
     Index visible_keys(Index t) const { return causal ? t + (S - T) + 1 : S; }
 };
 
-// A head's (rows, dims) matrix inside a bigger row-major buffer.
-template <typename T>
-using HeadMap = Eigen::Map<MatrixRM<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-template <typename T>
-using ConstHeadMap = Eigen::Map<const MatrixRM<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-
-template <typename T>
-ConstHeadMap<T> const_head(const T* data, const AttentionOperand& op, Index b, Index h, Index rows,
-                           Index cols) {
-    return ConstHeadMap<T>(data + op.head_start(b, h), rows, cols, Eigen::OuterStride<>(op.row_stride));
-}
-template <typename T>
-HeadMap<T> mutable_head(T* data, const AttentionOperand& op, Index b, Index h, Index rows,
-                        Index cols) {
-    return HeadMap<T>(data + op.head_start(b, h), rows, cols, Eigen::OuterStride<>(op.row_stride));
-}
-
 // out = softmax(q k^T / sqrt(D), causal) v for every (b, h). `probs` receives the (B, H, T, S)
 // probabilities when backward needs them; when null each head uses a scratch matrix.
 template <typename T>
 void attention_forward(const AttentionGeometry& g, const T* q, const T* k, const T* v, T* out,
                        T* probs) {
     const T scale = T(1) / std::sqrt(static_cast<T>(g.D));
+    // Read once, so every head takes the same path; double always runs on Eigen.
+    const KernelPath path = std::is_same_v<T, float> ? active_kernel_path() : KernelPath::portable;
     parallel_for(g.B * g.H, [&](Index bh) {
         const Index b = bh / g.H, h = bh % g.H;
-        const auto Q = const_head(q, g.q, b, h, g.T, g.D);   // (T, D)
-        const auto K = const_head(k, g.k, b, h, g.S, g.D);   // (S, D)
-        const auto V = const_head(v, g.v, b, h, g.S, g.Dv);  // (S, Dv)
-        auto Y = mutable_head(out, g.out, b, h, g.T, g.Dv);  // (T, Dv)
         MatrixRM<T> scratch;
         if (!probs) scratch.resize(g.T, g.S);
-        MatrixMap<T> P(probs ? probs + bh * g.T * g.S : scratch.data(), g.T, g.S);  // (T, S)
-        P.noalias() = (Q * K.transpose()) * scale;
+        T* p = probs ? probs + bh * g.T * g.S : scratch.data();
+        // Scores Q K^T (T, S) from Q (T, D) and K stored (S, D); scaled inside the softmax.
+        strided_gemm(path, g.T, g.S, g.D, g.q.head(q, b, h), g.k.head(k, b, h, true), p, g.S, false);
+        MatrixMap<T> P(p, g.T, g.S);  // (T, S)
         for (Index t = 0; t < g.T; ++t) {
             const Index visible = g.visible_keys(t);
             auto row = P.row(t).head(visible).array();
-            row = (row - row.maxCoeff()).exp();
+            row = ((row - row.maxCoeff()) * scale).exp();  // scale > 0 keeps the max in place
             row /= row.sum();
             // Masked keys get probability exactly 0, which also zeroes their gradient below.
             P.row(t).tail(g.S - visible).setZero();
         }
-        Y.noalias() = P * V;
+        // out (T, Dv) = P (T, S) V (S, Dv), written into the output's head slice.
+        strided_gemm(path, g.T, g.Dv, g.S, StridedOperand<T>{p, g.S, false}, g.v.head(v, b, h),
+                     out + g.out.head_start(b, h), g.out.row_stride, false);
     });
 }
 
@@ -101,40 +96,34 @@ struct AttentionGradWrite {
     bool q = false, k = false, v = false;
 };
 
-template <typename Dst, typename Expr>
-void write_or_add(Dst&& dst, const Expr& expr, bool assign) {
-    if (assign) {
-        dst.noalias() = expr;
-    } else {
-        dst.noalias() += expr;
-    }
-}
-
 template <typename T>
 void attention_backward(const AttentionGeometry& g, const T* q, const T* k, const T* v,
                         const T* probs, const T* dout, T* dq, T* dk, T* dv,
                         AttentionGradWrite assign = {}) {
     const T scale = T(1) / std::sqrt(static_cast<T>(g.D));
+    const KernelPath path = std::is_same_v<T, float> ? active_kernel_path() : KernelPath::portable;
     parallel_for(g.B * g.H, [&](Index bh) {
         const Index b = bh / g.H, h = bh % g.H;
-        const ConstMatrixMap<T> P(probs + bh * g.T * g.S, g.T, g.S);  // (T, S)
-        const auto dY = const_head(dout, g.out, b, h, g.T, g.Dv);       // (T, Dv)
-        if (dv) write_or_add(mutable_head(dv, g.v, b, h, g.S, g.Dv), P.transpose() * dY, assign.v);  // (S, Dv)
+        const T* p = probs + bh * g.T * g.S;                  // (T, S)
+        const StridedOperand<T> dY = g.out.head(dout, b, h);  // (T, Dv)
+        if (dv)  // dV (S, Dv) (+)= P^T dY
+            strided_gemm(path, g.S, g.Dv, g.T, StridedOperand<T>{p, g.S, true}, dY, dv + g.v.head_start(b, h),
+                         g.v.row_stride, !assign.v);
         if (!dq && !dk) return;
-        const auto V = const_head(v, g.v, b, h, g.S, g.Dv);  // (S, Dv)
-        MatrixRM<T> dS = dY * V.transpose();                 // (T, S), dL/dP for now
+        MatrixRM<T> dS(g.T, g.S);  // (T, S): dL/dP = dY V^T for now
+        strided_gemm(path, g.T, g.S, g.Dv, dY, g.v.head(v, b, h, true), dS.data(), g.S, false);
+        const ConstMatrixMap<T> P(p, g.T, g.S);  // (T, S)
         for (Index t = 0; t < g.T; ++t) {
+            // dL/dscores, with the 1/sqrt(D) of both products below folded in once here.
             const T p_dot_dp = P.row(t).dot(dS.row(t));
-            dS.row(t).array() = P.row(t).array() * (dS.row(t).array() - p_dot_dp);
+            dS.row(t).array() = P.row(t).array() * (dS.row(t).array() - p_dot_dp) * scale;
         }
-        if (dq) {
-            const auto K = const_head(k, g.k, b, h, g.S, g.D);  // (S, D)
-            write_or_add(mutable_head(dq, g.q, b, h, g.T, g.D), (dS * K) * scale, assign.q);  // (T, D)
-        }
-        if (dk) {
-            const auto Q = const_head(q, g.q, b, h, g.T, g.D);  // (T, D)
-            write_or_add(mutable_head(dk, g.k, b, h, g.S, g.D), (dS.transpose() * Q) * scale, assign.k);  // (S, D)
-        }
+        if (dq)  // dQ (T, D) (+)= dS K
+            strided_gemm(path, g.T, g.D, g.S, StridedOperand<T>{dS.data(), g.S, false}, g.k.head(k, b, h),
+                         dq + g.q.head_start(b, h), g.q.row_stride, !assign.q);
+        if (dk)  // dK (S, D) (+)= dS^T Q
+            strided_gemm(path, g.S, g.D, g.T, StridedOperand<T>{dS.data(), g.S, true}, g.q.head(q, b, h),
+                         dk + g.k.head_start(b, h), g.k.row_stride, !assign.k);
     });
 }
 

@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../core/common.hpp"
@@ -130,17 +131,16 @@ inline constexpr bool kSgemmKernelAvailable = true;
 // Eigen expression (the portable path is that expression).
 inline bool sgemm_kernels_active() { return active_kernel_path() != KernelPath::portable; }
 
-using StridedMatrixMap = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
-                                    Eigen::OuterStride<>>;
-using StridedMatrixOut =
-    Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
-
-// The portable path: Eigen's product on strided maps of the stored operands.
-inline void eigen_sgemm(Index M, Index N, Index K, const SgemmOperand& a, const SgemmOperand& b, float* c, Index ldc,
-                        bool accumulate) {
-    StridedMatrixOut out(c, M, N, Eigen::OuterStride<>(ldc));
-    const StridedMatrixMap a_stored(a.data, a.transposed ? K : M, a.transposed ? M : K, Eigen::OuterStride<>(a.ld));
-    const StridedMatrixMap b_stored(b.data, b.transposed ? N : K, b.transposed ? K : N, Eigen::OuterStride<>(b.ld));
+// The portable path (and every double product on strided operands): Eigen's product on strided
+// maps of the stored operands.
+template <typename T>
+void eigen_gemm(Index M, Index N, Index K, const StridedOperand<T>& a, const StridedOperand<T>& b, T* c, Index ldc,
+                bool accumulate) {
+    using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using Stored = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
+    Eigen::Map<Matrix, 0, Eigen::OuterStride<>> out(c, M, N, Eigen::OuterStride<>(ldc));
+    const Stored a_stored(a.data, a.transposed ? K : M, a.transposed ? M : K, Eigen::OuterStride<>(a.ld));
+    const Stored b_stored(b.data, b.transposed ? N : K, b.transposed ? K : N, Eigen::OuterStride<>(b.ld));
     auto run = [&](const auto& l, const auto& r) {
         if (accumulate) {
             out.noalias() += l * r;
@@ -179,12 +179,26 @@ inline void sgemm_kernel(Index M, Index N, Index K, const SgemmOperand& a, const
 #if SEEMOE_NEON_KERNELS
         case KernelPath::neon: neon::sgemm(gemm_params(path), M, N, K, a, b, c, ldc, accumulate); return;
 #endif
-        default: eigen_sgemm(M, N, K, a, b, c, ldc, accumulate); return;
+        default: eigen_gemm(M, N, K, a, b, c, ldc, accumulate); return;
     }
 }
 inline void sgemm_kernel(Index M, Index N, Index K, const SgemmOperand& a, const SgemmOperand& b, float* c,
                          Index ldc, bool accumulate) {
     sgemm_kernel(M, N, K, a, b, c, ldc, accumulate, active_kernel_path());
+}
+
+// The same for float or double, on one thread: float on `path` (sgemm_kernel), double through
+// Eigen whatever the path. For the many small products of callers that split the work over
+// threads themselves (attention: a few products per head, the heads side by side).
+template <typename T>
+void strided_gemm(KernelPath path, Index M, Index N, Index K, const StridedOperand<T>& a, const StridedOperand<T>& b,
+                  T* c, Index ldc, bool accumulate) {
+    if constexpr (std::is_same_v<T, float>) {
+        sgemm_kernel(M, N, K, a, b, c, ldc, accumulate, path);
+    } else {
+        (void)path;  // double has no kernels of its own
+        eigen_gemm(M, N, K, a, b, c, ldc, accumulate);
+    }
 }
 
 // C (M x N, row stride ldc) = A W^T, or += when `accumulate`, for a few rows M of A (lda) and W
@@ -200,7 +214,7 @@ inline void sgemm_rows(Index M, Index N, Index K, const float* a, Index lda, con
 #if SEEMOE_NEON_KERNELS
         case KernelPath::neon: neon::rows(gemm_params(path), M, N, K, a, lda, w, ldw, c, ldc, accumulate); return;
 #endif
-        default: eigen_sgemm(M, N, K, {a, lda, false}, {w, ldw, true}, c, ldc, accumulate); return;
+        default: eigen_gemm<float>(M, N, K, {a, lda, false}, {w, ldw, true}, c, ldc, accumulate); return;
     }
 }
 inline void sgemm_rows(Index M, Index N, Index K, const float* a, Index lda, const float* w, Index ldw, float* c,

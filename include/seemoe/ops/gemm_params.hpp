@@ -75,12 +75,15 @@ struct GemmParams {
 namespace seemoe::detail {
 
 // One operand of a product: a row-major matrix as stored (leading dimension ld), used as it is or
-// transposed.
-struct SgemmOperand {
-    const float* data;
+// transposed. The kernels take float ones (SgemmOperand); attention also builds double ones for
+// Eigen's product (ops/gemm_kernel.hpp, strided_gemm).
+template <typename T>
+struct StridedOperand {
+    const T* data;
     Index ld;
     bool transposed;
 };
+using SgemmOperand = StridedOperand<float>;
 
 inline Index round_down(Index value, Index multiple) { return std::max(multiple, value / multiple * multiple); }
 
