@@ -4,7 +4,9 @@
 # A header may include headers of its own folder and of the folders listed for it below, never of
 # a higher layer:
 #   core                      nothing but core
-#   ops, optim                core
+#   ops                       core
+#   optim                     core, ops (the update's loops run on the kernel path of
+#                             ops/gemm_kernel.hpp)
 #   io, data                  core, and each other (file formats and data sets)
 #   nn                        core, ops, optim, io, data (nn/checkpoint.hpp meets the file formats)
 #   dist                      everything above (the optional MPI layer)
@@ -18,7 +20,7 @@ allowed() {
     case "$1" in
         core) echo "core" ;;
         ops) echo "core ops" ;;
-        optim) echo "core optim" ;;
+        optim) echo "core ops optim" ;;
         io) echo "core io data" ;;
         data) echo "core data io" ;;
         nn) echo "core ops optim io data nn" ;;

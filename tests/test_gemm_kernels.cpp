@@ -1,7 +1,8 @@
-// Tests of the float matrix-product kernel paths (ops/gemm_kernel.hpp): every path this build can
-// run on this CPU (AVX-512, AVX2/FMA, NEON, portable) against a double reference on awkward sizes,
-// directly and through matmul/linear; the block sizes derived from the caches; choosing a path by
-// name (SEEMOE_KERNEL) and the errors for a bad one; reading cache sizes.
+// Tests of the float kernel paths (ops/gemm_kernel.hpp): every path this build can run on this
+// CPU (AVX-512, AVX2/FMA, NEON, portable) against a double reference on awkward sizes, directly
+// and through matmul/linear, attention and the Adam/AdamW update (plain loops run_vectorized
+// compiles for the path); the block sizes derived from the caches; choosing a path by name
+// (SEEMOE_KERNEL) and the errors for a bad one; reading cache sizes.
 #include <seemoe/seemoe.hpp>
 
 #include <catch2/catch.hpp>
@@ -221,6 +222,54 @@ TEST_CASE("self_attention reads its heads in place from qkv on every kernel path
             INFO("path " << kernel_path_name(path) << " causal " << causal);
             CHECK(worst_relative(as_double(out.to_vector()), out_d.to_vector()) < 1e-5);
             CHECK(worst_relative(as_double(qkv.grad().to_vector()), ref.grad().to_vector()) < 1e-5);
+        }
+    }
+}
+
+namespace {
+
+// Three steps of Adam (L2 decay) or AdamW (decoupled decay) from `start` with `grads`, computed in T.
+template <typename T>
+std::vector<double> adam_steps(const Tensord& start, const std::vector<Tensord>& grads, bool decoupled) {
+    const Index n = start.numel();
+    Tensor<T> p = Tensor<T>::from_vector(start.shape(), std::vector<T>(start.data(), start.data() + n));
+    p.requires_grad_();
+    auto run = [&](auto& optimizer) {
+        for (const Tensord& g : grads) {
+            std::copy_n(g.data(), n, p.grad_data());
+            optimizer.step();
+        }
+    };
+    if (decoupled) {
+        AdamW<T> optimizer({p}, AdamWOptions{0.01, 0.9, 0.99, 1e-6, 0.05});
+        run(optimizer);
+    } else {
+        Adam<T> optimizer({p}, AdamOptions{0.01, 0.9, 0.99, 1e-6, 0.05});
+        run(optimizer);
+    }
+    return as_double(p.to_vector());
+}
+
+}  // namespace
+
+TEST_CASE("Adam and AdamW in float follow the double update on every kernel path", "[optim][perf][kernels]") {
+    // The update runs as plain loops compiled for the path's instructions (run_vectorized) with
+    // the square roots in a pass of their own (sqrt_in_place): one element, a vector and a bit,
+    // two 2048-element blocks and a ragged tail. Double runs the same loops as the build compiled
+    // them and is checked against the formula in test_optim.cpp.
+    KernelPathGuard guard;
+    Rng rng(64);
+    for (Index n : {1, 17, 2 * 2048 + 37}) {
+        const Tensord start = Tensord::randn({n}, rng);
+        std::vector<Tensord> grads;
+        for (int t = 0; t < 3; ++t) grads.push_back(Tensord::randn({n}, rng));
+        for (bool decoupled : {false, true}) {
+            const std::vector<double> want = adam_steps<double>(start, grads, decoupled);
+            for (KernelPath path : available_kernel_paths()) {
+                set_kernel_path(path);
+                INFO("path " << kernel_path_name(path) << " n " << n << " decoupled " << decoupled);
+                CHECK(worst_relative(adam_steps<float>(start, grads, decoupled), want) < 1e-6);
+            }
         }
     }
 }

@@ -14,6 +14,8 @@
 // it has both.
 #pragma once
 
+#include <cmath>
+
 #include "gemm_params.hpp"
 
 #if SEEMOE_X86_KERNELS
@@ -136,6 +138,14 @@ inline void rows(const GemmParams& gp, Index M, Index N, Index K, const float* a
         for (Index i = 0; i < M; ++i)
             row_times_rows(K, a + i * lda, w + j * ldw, ldw, cols, c + i * ldc + j, accumulate, gp.prefetch_floats);
     }
+}
+
+// x[0:n] = sqrt(x[0:n]), correctly rounded: the square-root pass of the plain loops that
+// run_vectorized compiles for AVX2 (gemm_kernel.hpp; the compiler cannot vectorise std::sqrt).
+inline void sqrt_in_place(float* x, Index n) {
+    Index i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_loadu_ps(x + i)));
+    for (; i < n; ++i) x[i] = std::sqrt(x[i]);
 }
 
 // The FMA peak loop of `seemoe bench`: 16 chains of 8-float FMAs; 16 FLOPs per chain and step.

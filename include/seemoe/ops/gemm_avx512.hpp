@@ -1,6 +1,7 @@
 // seemoe/ops/gemm_avx512.hpp — the AVX-512 float kernels (x86-64 with AVX-512F).
 //
-// Three kernels, chosen by ops/gemm_kernel.hpp from the shape of the product:
+// Three kernels, chosen by ops/gemm_kernel.hpp from the shape of the product (and a square-root
+// pass for the plain loops that gemm_kernel.hpp's run_vectorized compiles for AVX-512):
 //   * packed (Goto / BLIS): op(B) packed kc rows deep into panels 32 columns wide, op(A) mc rows
 //     at a time into panels 12 rows tall, and a micro-kernel that multiplies one A panel by one B
 //     panel: 12 x 32 results in 24 of the 32 registers, two FMAs per broadcast element of A.
@@ -431,6 +432,17 @@ inline void sgemm(const GemmParams& gp, Index M, Index N, Index K, const SgemmOp
 inline void rows(const GemmParams& gp, Index M, Index N, Index K, const float* a, Index lda, const float* w,
                  Index ldw, float* c, Index ldc, bool accumulate) {
     rows_kernel(M, N, K, a, lda, w, ldw, c, ldc, accumulate, gp.prefetch_floats);
+}
+
+// x[0:n] = sqrt(x[0:n]), correctly rounded: the square-root pass of the plain loops that
+// run_vectorized compiles for AVX-512 (gemm_kernel.hpp; the compiler cannot vectorise std::sqrt).
+inline void sqrt_in_place(float* x, Index n) {
+    Index i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_sqrt_ps(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        const __mmask16 tail = first_lanes(n - i);
+        _mm512_mask_storeu_ps(x + i, tail, _mm512_sqrt_ps(_mm512_maskz_loadu_ps(tail, x + i)));
+    }
 }
 
 // `chains` independent chains of 16-float FMAs, `iterations` steps each: the FMA peak loop of

@@ -15,6 +15,10 @@
 //
 // All kernels run on the calling thread only; ops/matmul.hpp splits big products over threads
 // before calling them.
+//
+// The same choice serves plain loops elsewhere (run_vectorized, at the end): Eigen's vector width
+// is fixed when the build is compiled, so in a build for plain x86-64 its expressions stay on
+// 4-wide SSE; a plain loop compiled inside an AVX-512 target function runs 16 wide.
 #pragma once
 
 #include <Eigen/Core>
@@ -250,6 +254,73 @@ inline float fma_peak_loop(KernelPath path, long iterations, double& flops) {
     for (int c = 0; c < kChains; ++c) sum += Eigen::internal::predux(acc[c]);
     flops = 2.0 * kLanes * kChains * static_cast<double>(iterations);
     return sum;
+}
+
+// ---- plain loops compiled for the active path's instructions ------------------------------------
+//
+// run_vectorized(path, body) runs body() inlined into a function compiled for AVX-512 (path
+// avx512) or AVX2/FMA (avx2), whatever the build's own flags, so the compiler vectorises body's
+// plain loops for those instructions; on every other path body runs as the build compiled it.
+// body is a lambda marked SEEMOE_VECTOR_BODY (always inlined: it takes the instructions of the
+// function it is inlined into) and should call only functions that are inlined as well, since
+// an outlined call runs with the build's instructions. The compiler does not vectorise a loop
+// that calls std::sqrt (it may set errno) or std::exp (a library call): sqrt_in_place below is
+// the square-root pass for such loops. Results agree with the equivalent Eigen expressions to
+// float rounding (the compiler may fuse a multiply and an add; Eigen's float square root is an
+// approximation refined once, sqrt_in_place's is exact).
+#if defined(__GNUC__) || defined(__clang__)
+#define SEEMOE_VECTOR_BODY __attribute__((always_inline))
+#else
+#define SEEMOE_VECTOR_BODY
+#endif
+
+// Each runs a local copy of body: the copy's captured values belong to the function, so the
+// compiler knows the loops' stores cannot change them. Run through the caller's closure they
+// might (a float store may alias a captured float), and GCC then reloads every coefficient at
+// every element and vectorises nothing.
+#if SEEMOE_X86_KERNELS
+template <typename Body>
+__attribute__((target("avx512f,avx2,fma"))) void run_body_avx512(const Body& body) {
+    Body local = body;
+    local();
+}
+template <typename Body>
+__attribute__((target("avx2,fma"))) void run_body_avx2(const Body& body) {
+    Body local = body;
+    local();
+}
+#endif
+
+template <typename Body>
+void run_vectorized(KernelPath path, const Body& body) {
+    switch (path) {
+#if SEEMOE_X86_KERNELS
+        case KernelPath::avx512: run_body_avx512(body); return;
+        case KernelPath::avx2: run_body_avx2(body); return;
+#endif
+        default: {
+            Body local = body;
+            local();
+            return;
+        }
+    }
+}
+
+// x[0:n] = sqrt(x[0:n]) with the vector instructions of `path` (float on the x86 paths: exact;
+// otherwise Eigen's square root).
+template <typename T>
+void sqrt_in_place(KernelPath path, T* x, Index n) {
+    if constexpr (std::is_same_v<T, float>) {
+        switch (path) {
+#if SEEMOE_X86_KERNELS
+            case KernelPath::avx512: avx512::sqrt_in_place(x, n); return;
+            case KernelPath::avx2: avx2::sqrt_in_place(x, n); return;
+#endif
+            default: break;
+        }
+    }
+    Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> values(x, n);
+    values = values.sqrt();
 }
 
 }  // namespace detail

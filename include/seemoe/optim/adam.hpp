@@ -21,12 +21,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
 #include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
+#include "../ops/gemm_kernel.hpp"
 
 namespace seemoe {
 
@@ -127,8 +129,8 @@ protected:
     }
 
 private:
-    // Blocks small enough to stay in cache, so the three statements per block read p, g, m and
-    // v from L1/L2: effectively one pass over memory.
+    // Blocks small enough to stay in cache, so the passes over a block read p, g, m and v from
+    // L1/L2: effectively one pass over memory.
     static constexpr Index kBlock = 2048;
 
     void update_one(Tensor<T>& p, AdamParamState<T>& s) const {
@@ -144,27 +146,36 @@ private:
         const T one_minus_beta2 = static_cast<T>(1.0 - options_.beta2);
         const T eps = static_cast<T>(options_.eps);
         const T l2 = static_cast<T>(decoupled_ ? 0.0 : options_.weight_decay);
-        const T decay = static_cast<T>(1.0 - options_.lr * options_.weight_decay);
-        const bool apply_decay = decoupled_ && options_.weight_decay != 0;
+        // AdamW's decoupled decay factor; 1 (an exact no-op) for Adam.
+        const T decay = static_cast<T>(decoupled_ ? 1.0 - options_.lr * options_.weight_decay : 1.0);
 
         const Index n = p.numel();
         T* param = p.data();
         const T* grad = p.grad_data();
         T* m_data = s.exp_avg.data();
         T* v_data = s.exp_avg_sq.data();
-        for (Index start = 0; start < n; start += kBlock) {
-            const Index len = std::min(kBlock, n - start);
-            VectorMap<T> w(param + start, len);
-            ConstVectorMap<T> g_raw(grad + start, len);
-            VectorMap<T> m(m_data + start, len);
-            VectorMap<T> v(v_data + start, len);
-            if (apply_decay) w.array() *= decay;
-            // Adam's L2 gradient (l2 == 0 for AdamW); read before w is updated below.
-            const auto g = g_raw.array() + l2 * w.array();
-            m.array() = beta1 * m.array() + one_minus_beta1 * g;
-            v.array() = beta2 * v.array() + one_minus_beta2 * g.square();
-            w.array() -= step_size * m.array() / (v.array().sqrt() / bias_correction2_sqrt + eps);
-        }
+        // Plain loops, compiled for the vector instructions of the CPU's kernel path (a build for
+        // plain x86-64 still updates 16 floats at a time where the CPU has AVX-512).
+        const KernelPath path = std::is_same_v<T, float> ? active_kernel_path() : KernelPath::portable;
+        detail::run_vectorized(path, [=]() SEEMOE_VECTOR_BODY {
+            T denom[kBlock];  // sqrt(v) of one block
+            for (Index start = 0; start < n; start += kBlock) {
+                const Index len = std::min(kBlock, n - start);
+                T* w = param + start;
+                const T* g_raw = grad + start;
+                T* m = m_data + start;
+                T* v = v_data + start;
+                for (Index i = 0; i < len; ++i) {
+                    w[i] *= decay;
+                    const T g = g_raw[i] + l2 * w[i];  // Adam's L2 gradient (l2 == 0 for AdamW)
+                    m[i] = beta1 * m[i] + one_minus_beta1 * g;
+                    v[i] = beta2 * v[i] + one_minus_beta2 * (g * g);
+                    denom[i] = v[i];
+                }
+                detail::sqrt_in_place(path, denom, len);
+                for (Index i = 0; i < len; ++i) w[i] -= step_size * m[i] / (denom[i] / bias_correction2_sqrt + eps);
+            }
+        });
     }
 
     std::vector<Tensor<T>> params_;
