@@ -19,12 +19,17 @@
 #include <new>
 #include <utility>
 
-#if defined(__unix__) || defined(__APPLE__)
+#include "common.hpp"
+
+// Whether cached-size buffers are pages mapped from the OS (mmap/munmap) or come from the heap:
+// mapped on Unix-like systems, except under AddressSanitizer, which watches only the heap.
+#if (defined(__unix__) || defined(__APPLE__)) && !SEEMOE_ASAN
+#define SEEMOE_MAPPED_BUFFERS 1
 #include <sys/mman.h>
 #include <unistd.h>
+#else
+#define SEEMOE_MAPPED_BUFFERS 0
 #endif
-
-#include "common.hpp"
 
 namespace seemoe {
 
@@ -157,7 +162,7 @@ private:
     // Whether a mapped buffer can be cut after `capacity` bytes: only at a page boundary, and
     // never under ASan, where buffers come from the heap.
     static bool can_split(std::size_t capacity) {
-#if (defined(__unix__) || defined(__APPLE__)) && !SEEMOE_ASAN
+#if SEEMOE_MAPPED_BUFFERS
         static const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
         return capacity % page == 0;
 #else
@@ -168,7 +173,7 @@ private:
 
     // A cached-size buffer straight from the OS (page aligned, hence 64-byte aligned), and back.
     static void* map_pages(std::size_t bytes) {
-#if (defined(__unix__) || defined(__APPLE__)) && !SEEMOE_ASAN
+#if SEEMOE_MAPPED_BUFFERS
         void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) throw std::bad_alloc();
 #if defined(MADV_HUGEPAGE)
@@ -181,7 +186,7 @@ private:
 #endif
     }
     static void unmap_pages(void* p, std::size_t bytes) {
-#if (defined(__unix__) || defined(__APPLE__)) && !SEEMOE_ASAN
+#if SEEMOE_MAPPED_BUFFERS
         munmap(p, bytes);
 #else
         (void)bytes;
